@@ -1,0 +1,16 @@
+"""Methods: AnomalyCLIP, FAPrompt, CoPS and training-free baselines over the shared backbone."""
+
+from medzsad.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
+from medzsad.methods.base import LossOutput, MethodConfig, MethodOutput, ZsadMethod
+from medzsad.methods.registry import METHODS, method_class
+
+__all__ = [
+    "METHODS",
+    "AnomalyCLIP",
+    "AnomalyCLIPConfig",
+    "LossOutput",
+    "MethodConfig",
+    "MethodOutput",
+    "ZsadMethod",
+    "method_class",
+]

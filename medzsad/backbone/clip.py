@@ -1,0 +1,111 @@
+"""The shared frozen backbone: a CLIP model seen through the two encoders every method uses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import open_clip
+import torch
+from torch import nn
+
+from medzsad.backbone.loading import LoadedClip, load_clip
+from medzsad.backbone.text import PromptableTextEncoder
+from medzsad.backbone.visual import DualPathVisionEncoder, VisualFeatures
+
+# OpenAI CLIP normalisation, used by every method of the AnomalyCLIP lineage.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class BackboneConfig:
+    """Which CLIP to build and how to run its image side.
+
+    Attributes:
+        model_name: open_clip architecture, default the OpenAI ViT-L/14 at 336 px.
+        pretrained: open_clip pretrained tag; ``None`` for random weights (tests, smoke runs).
+        weights_path: local weight file, overrides ``pretrained``.
+        offline: never use the network; fail fast when weights are not cached.
+        image_size: side of the square model input in pixels (518 in all three papers).
+        seed: seed for random weights.
+    """
+
+    model_name: str = "ViT-L-14-336"
+    pretrained: str | None = "openai"
+    weights_path: str | None = None
+    offline: bool = False
+    image_size: int = 518
+    seed: int = 0
+
+
+class ClipBackbone(nn.Module):
+    """Frozen CLIP with a dual-path image encoder and a promptable text encoder.
+
+    Nothing here is trainable: every parameter has ``requires_grad=False`` and the module stays in eval
+    mode (``train()`` is a no-op), so methods only ever optimise their own prompt modules.
+
+    One backbone serves every method: the DPAM range is an argument of :meth:`encode_image`, not a
+    property of the model.
+
+    Args:
+        loaded: the frozen model and its provenance, from :func:`load_clip`.
+    """
+
+    def __init__(self, loaded: LoadedClip) -> None:
+        super().__init__()
+        self.clip = loaded.model
+        self.model_name = loaded.model_name
+        self.weights_id = loaded.weights_id
+        self.weights_sha256 = loaded.weights_sha256
+        self.visual = DualPathVisionEncoder(self.clip.visual)
+        self.text = PromptableTextEncoder(self.clip)
+        self.tokenizer = open_clip.get_tokenizer("ViT-L-14-336")
+        self.eval()
+
+    @classmethod
+    def from_config(cls, cfg: BackboneConfig) -> ClipBackbone:
+        return cls(load_clip(cfg.model_name, cfg.pretrained, cfg.weights_path, cfg.offline, cfg.seed))
+
+    def train(self, mode: bool = True) -> ClipBackbone:
+        # The backbone is frozen; dropout/norm statistics must never switch to training behaviour.
+        return super().train(False)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.visual.output_dim
+
+    @property
+    def text_width(self) -> int:
+        return self.text.width
+
+    @property
+    def num_visual_layers(self) -> int:
+        return self.visual.num_layers
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        """Token ids ``[len(texts), 77]`` (int64) with the CLIP BPE tokenizer."""
+        return self.tokenizer(texts)
+
+    def encode_image(
+        self, images: torch.Tensor, layers: tuple[int, ...] = (-1,), dpam_start_layer: int | None = 6
+    ) -> VisualFeatures:
+        """Frozen image features; see :meth:`DualPathVisionEncoder.forward`. Runs without autograd."""
+        with torch.no_grad():
+            return self.visual(images, layers, dpam_start_layer)
+
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint records about the backbone it was trained on."""
+        return {
+            "backbone": self.model_name,
+            "backbone_weights": self.weights_id,
+            "backbone_sha256": self.weights_sha256 or "",
+        }
+
+
+def default_device() -> torch.device:
+    """``cuda`` when available (and not disabled with ``MEDZSAD_DEVICE=cpu``), else ``cpu``."""
+    requested = os.environ.get("MEDZSAD_DEVICE")
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

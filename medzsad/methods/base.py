@@ -1,0 +1,125 @@
+"""What every method is: a frozen backbone, trainable prompt modules, maps, image scores and losses.
+
+A method is a plain ``nn.Module`` with no knowledge of files, logging or data sets. The engine calls
+:meth:`ZsadMethod.predict` for inference and :meth:`ZsadMethod.loss` for training, and saves
+``method.prompt.state_dict()`` as the checkpoint: the backbone is never part of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from medzsad.backbone.clip import ClipBackbone
+
+
+@dataclass
+class MethodOutput:
+    """Inference result for a batch.
+
+    Attributes:
+        image_scores: ``[B]`` anomaly score per image in [0, 1].
+        anomaly_maps: ``[B, H, W]`` final pixel maps at model resolution (smoothed).
+        raw_maps: ``[B, H, W]`` pixel maps before smoothing.
+        extras: method-specific intermediates (patch probabilities, text features...), for parity
+            tests and inspection.
+    """
+
+    image_scores: torch.Tensor
+    anomaly_maps: torch.Tensor
+    raw_maps: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class LossOutput:
+    """Training loss for a batch: the tensor to back-propagate and every named term (detached copies
+    are the caller's business)."""
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+@dataclass
+class MethodConfig:
+    """Base of the per-method configs: the fields every method has."""
+
+    image_size: int = 518
+    temperature: float = 0.07
+    sigma: float = 4.0
+    fp16_deep_prompts: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ZsadMethod(nn.Module):
+    """Base class of the methods. Subclasses set ``name`` and ``config_class`` and build ``self.prompt``.
+
+    Args:
+        backbone: the shared frozen CLIP.
+        config: the method's config dataclass.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, backbone: ClipBackbone, config: MethodConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.prompt: nn.Module = nn.Module()
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters given to the optimiser: the prompt modules, never the backbone."""
+        return [p for p in self.prompt.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> ZsadMethod:
+        super().train(mode)
+        self.backbone.train(False)
+        return self
+
+    def predict(self, images: torch.Tensor) -> MethodOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+        raise NotImplementedError(f"{self.name} has no training loss")  # pragma: no cover
+
+    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load the prompt learner of an official release checkpoint (``ckpt["prompt_learner"]``)."""
+        raise NotImplementedError(f"{self.name} has no official checkpoint format")  # pragma: no cover
+
+
+def load_prompt_state(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], ignored_prefixes: tuple[str, ...], source: str
+) -> None:
+    """Strictly load ``state_dict`` into ``module`` after dropping keys with ``ignored_prefixes``.
+
+    Raises:
+        ValueError: naming missing keys, unexpected keys or shape mismatches, with ``source`` in the text.
+    """
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(ignored_prefixes)}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(kept))
+    unexpected = sorted(set(kept) - set(own))
+    mismatched = [k for k in set(own) & set(kept) if tuple(own[k].shape) != tuple(kept[k].shape)]
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:4]}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:4]}")
+        if mismatched:
+            shapes = [f"{k}: {tuple(kept[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(mismatched)[:3]]
+            details.append("shape mismatch " + "; ".join(shapes))
+        raise ValueError(f"{source} does not fit this model ({', '.join(details)})")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in kept.items()}, strict=True)

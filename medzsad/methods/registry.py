@@ -1,0 +1,16 @@
+"""Methods by name."""
+
+from __future__ import annotations
+
+from medzsad.methods.anomalyclip import AnomalyCLIP
+from medzsad.methods.base import ZsadMethod
+
+METHODS: dict[str, type[ZsadMethod]] = {AnomalyCLIP.name: AnomalyCLIP}
+
+
+def method_class(name: str) -> type[ZsadMethod]:
+    """The method class registered under ``name``; a clear error lists the known names."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}") from None
