@@ -186,7 +186,11 @@ def _load_from_file(model_name: str, path: Path, quick_gelu: bool = False) -> tu
         model = build_model_from_openai_state_dict(float_sd)
         return model.float(), sha
     model = _build_random(model_name, seed=0, quick_gelu=quick_gelu)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even with strict=False
+        first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)[:200]
+        raise WeightsUnavailableError(f"{path}: does not match backbone {model_name!r} ({first})") from None
     if missing or unexpected:
         raise WeightsUnavailableError(
             f"{path}: does not match backbone {model_name!r} "
