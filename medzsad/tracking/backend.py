@@ -1,0 +1,155 @@
+"""The only module that calls MLflow: runs, experiments and the replay of journaled operations.
+
+An operation is a small JSON-able dict (see :mod:`medzsad.tracking.spool`); the same code applies
+it live during a run and later when a spooled run is uploaded, so both give the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from medzsad.tracking.config import Purpose, TrackingConfig
+
+__all__ = ["MlflowBackend", "redact_uri"]
+
+# MLflow's LogBatch limits per request.
+_MAX_PARAMS = 100
+_MAX_TAGS = 100
+_MAX_METRICS = 1000
+
+
+def redact_uri(uri: str) -> str:
+    """The tracking URI without user or password, for messages."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return parts._replace(netloc=netloc).geturl()
+    return uri
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class MlflowBackend:
+    """Talks to one tracking URI through an ``MlflowClient`` (no global MLflow state is touched)."""
+
+    def __init__(self, config: TrackingConfig) -> None:
+        from mlflow import MlflowClient
+
+        self.config = config
+        self.client = MlflowClient(tracking_uri=config.tracking_uri)
+        self._monitor: Any = None
+
+    def probe(self) -> None:
+        """Fail fast when an HTTP server does not accept connections.
+
+        MLflow retries a refused connection for minutes by default; a TCP connect with a short
+        timeout tells the same in seconds, so an evaluation is not held up by a dead server.
+        """
+        if not self.config.is_http:
+            return
+        parts = urlsplit(self.config.tracking_uri)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=self.config.probe_timeout_s):
+            pass
+
+    def experiment_id(self, purpose: Purpose) -> str:
+        """The id of the purpose's experiment, created (with our artifact folder) if missing."""
+        from mlflow.exceptions import MlflowException
+
+        name = purpose.experiment_name
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(
+                name, artifact_location=self.config.experiment_artifact_location(purpose)
+            )
+        except MlflowException:
+            # Another process may have created it in between; anything else re-raises below.
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def start_run(self, purpose: Purpose, run_name: str, start_time_ms: int | None = None) -> str:
+        self.probe()
+        experiment_id = self.experiment_id(purpose)
+        run = self.client.create_run(experiment_id, start_time=start_time_ms, run_name=run_name)
+        return run.info.run_id
+
+    def start_system_metrics(self, run_id: str) -> None:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        try:
+            import psutil  # noqa: F401  (MLflow needs it; say so clearly instead of a stack trace)
+        except ImportError as exc:
+            raise ImportError("system metrics need psutil: pip install psutil") from exc
+        self._monitor = SystemMetricsMonitor(
+            run_id,
+            sampling_interval=self.config.system_metrics_interval_s,
+            tracking_uri=self.config.tracking_uri,
+        )
+        self._monitor.start()
+
+    def stop_system_metrics(self) -> None:
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            monitor.finish()
+
+    def end_run(self, run_id: str, status: str, end_time_ms: int | None = None) -> None:
+        self.stop_system_metrics()
+        self.client.set_terminated(run_id, status=status, end_time=end_time_ms)
+
+    def apply(self, run_id: str, op: dict[str, Any], files: Path) -> None:
+        """Send one journaled operation; file operands are relative to ``files``."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        kind = op["op"]
+        if kind == "tags":
+            tags = [RunTag(k, str(v)) for k, v in op["tags"].items()]
+            for chunk in _chunks(tags, _MAX_TAGS):
+                self.client.log_batch(run_id, tags=chunk, synchronous=True)
+        elif kind == "params":
+            params = [Param(k, str(v)) for k, v in op["params"].items()]
+            for chunk in _chunks(params, _MAX_PARAMS):
+                self.client.log_batch(run_id, params=chunk, synchronous=True)
+        elif kind == "metrics":
+            metrics = [Metric(k, float(v), int(ts), int(step)) for k, v, step, ts in op["metrics"]]
+            for chunk in _chunks(metrics, _MAX_METRICS):
+                self.client.log_batch(run_id, metrics=chunk, synchronous=True)
+        elif kind == "artifact":
+            self.client.log_artifact(run_id, str(files / op["file"]), op.get("artifact_path"))
+        elif kind == "artifacts":
+            # One call per folder: the store gets one upload request instead of one per image.
+            self.client.log_artifacts(run_id, str(files / op["dir"]), op["artifact_path"])
+        elif kind == "image":
+            from PIL import Image
+
+            with Image.open(files / op["file"]) as image:
+                image.load()
+                self.client.log_image(
+                    run_id, image, key=op["key"], step=op["step"], timestamp=op["timestamp"], synchronous=True
+                )
+        elif kind == "table":
+            data = json.loads((files / op["file"]).read_text(encoding="utf-8"))
+            self.client.log_table(run_id, data=data, artifact_file=op["artifact_file"])
+        else:
+            raise ValueError(f"unknown spooled operation {kind!r}")
+
+    def download_checkpoint(self, run_id: str, dst_dir: Path) -> Path:
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, "checkpoint", str(dst_dir)))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,138 @@
+"""What a reviewer sees of a dataset: the samples, a fixed panel and the worst mistakes.
+
+Selection streams over the samples and keeps only the few it may show, so a generator over a
+large dataset is fine as long as the map scale is known in advance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medzsad.tracking.phi import phi_guard
+
+__all__ = ["ReviewSample", "ReviewSelector", "ReviewSummary"]
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ReviewSample:
+    """One scored sample as the engine hands it over for review.
+
+    Attributes:
+        sample_id: pseudonymous id from the data layer (letters, digits, ``_ . -``), never a
+            file name, UID or patient id.
+        category: dataset category, e.g. ``brain_mri``.
+        score: image-level anomaly score.
+        label: 1 anomalous, 0 normal.
+        image: display pixels, uint8 [H, W, 3] (or [H, W]).
+        anomaly_map: float32 [h, w] pixel scores; resized to the image for display.
+        mask: ground truth, bool [H, W], or None where the dataset has no masks.
+        burned_in_text: the source may carry burned-in text (e.g. ultrasound, secondary capture).
+    """
+
+    sample_id: str
+    category: str
+    score: float
+    label: int
+    image: np.ndarray
+    anomaly_map: np.ndarray
+    mask: np.ndarray | None = None
+    burned_in_text: bool = False
+
+    def checked_id(self) -> str:
+        """The sample id after the PHI guard and a file-name check (it names overlay files)."""
+        phi_guard(self.sample_id, "sample_id")
+        if not _SAFE_ID.match(self.sample_id):
+            raise ValueError(
+                f"sample_id must be 1-128 letters, digits, '_', '.', '-' (it names files), got {self.sample_id!r}"
+            )
+        return self.sample_id
+
+
+@dataclass
+class ReviewSummary:
+    """What :meth:`TrackedRun.log_review` logged for one dataset."""
+
+    dataset: str
+    n_samples: int = 0
+    panel_ids: list[str] = field(default_factory=list)
+    false_positive_ids: list[str] = field(default_factory=list)
+    false_negative_ids: list[str] = field(default_factory=list)
+    overlay_dir: str = ""
+    table_file: str = ""
+    scale: tuple[float, float] = (0.0, 1.0)
+
+
+def _stable_rank(sample_id: str) -> int:
+    # Hash order picks the same samples in every run and checkpoint, unlike the order of arrival.
+    return int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big")
+
+
+class _TopK:
+    """The k items of highest priority seen so far (a min-heap; ties broken by arrival)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self._heap: list[tuple[float, int, ReviewSample]] = []
+        self._counter = itertools.count()
+
+    def offer(self, priority: float, sample: ReviewSample) -> None:
+        if self.k <= 0:
+            return
+        item = (priority, -next(self._counter), sample)
+        if len(self._heap) < self.k:
+            heapq.heappush(self._heap, item)
+        elif item[:2] > self._heap[0][:2]:
+            heapq.heapreplace(self._heap, item)
+
+    def best_first(self) -> list[ReviewSample]:
+        return [s for _, _, s in sorted(self._heap, key=lambda t: t[:2], reverse=True)]
+
+
+class ReviewSelector:
+    """Streams samples and keeps the fixed panel and the worst false positives / negatives.
+
+    The panel is the ``panel_size`` samples of lowest id hash, half anomalous and half normal when
+    both exist; false positives are normals decided anomalous, highest score first; false
+    negatives are anomalies decided normal, lowest score first.
+    """
+
+    def __init__(self, panel_size: int, worst_k: int, image_threshold: float) -> None:
+        self.panel_size = panel_size
+        self.image_threshold = image_threshold
+        self._panel = {0: _TopK(panel_size), 1: _TopK(panel_size)}
+        self._fp = _TopK(worst_k)
+        self._fn = _TopK(worst_k)
+
+    def decision(self, score: float) -> int:
+        """1 (anomalous) when the image score reaches the threshold."""
+        return int(score >= self.image_threshold)
+
+    def offer(self, sample: ReviewSample) -> None:
+        label = int(sample.label)
+        self._panel[label].offer(-_stable_rank(sample.sample_id), sample)
+        decided = self.decision(sample.score)
+        if label == 0 and decided == 1:
+            self._fp.offer(sample.score, sample)
+        elif label == 1 and decided == 0:
+            self._fn.offer(-sample.score, sample)
+
+    def panel(self) -> list[ReviewSample]:
+        """The panel, ordered by id hash so its order is stable too."""
+        anomalous, normal = self._panel[1].best_first(), self._panel[0].best_first()
+        n_anomalous = min(len(anomalous), max(self.panel_size - len(normal), (self.panel_size + 1) // 2))
+        chosen = anomalous[:n_anomalous] + normal[: self.panel_size - n_anomalous]
+        return sorted(chosen, key=lambda s: _stable_rank(s.sample_id))
+
+    def false_positives(self) -> list[ReviewSample]:
+        return self._fp.best_first()
+
+    def false_negatives(self) -> list[ReviewSample]:
+        return self._fn.best_first()
