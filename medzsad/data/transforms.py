@@ -258,10 +258,13 @@ class ClipImageTransform:
         if self.pad_to_square:
             unit = _pad_array(unit)
         size = (self.image_size, self.image_size)
-        channels = [unit] * 3 if unit.ndim == 2 else [unit[..., c] for c in range(3)]
         # Bicubic overshoots; clip to [0, 1] like the 8-bit path's uint8 saturation does.
-        resized = [np.clip(resize_float(c, size, "bicubic"), 0.0, 1.0) for c in channels]
-        return self._normalise(torch.from_numpy(np.stack(resized)))
+        if unit.ndim == 2:  # grey: resize once, then repeat to three channels
+            grey = np.clip(resize_float(unit, size, "bicubic"), 0.0, 1.0)
+            resized = np.broadcast_to(grey, (3, *grey.shape))
+        else:
+            resized = np.stack([np.clip(resize_float(unit[..., c], size, "bicubic"), 0.0, 1.0) for c in range(3)])
+        return self._normalise(torch.from_numpy(np.ascontiguousarray(resized)))
 
     def _normalise(self, tensor: torch.Tensor) -> torch.Tensor:
         return TF.normalize(tensor, self.mean, self.std)

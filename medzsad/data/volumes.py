@@ -1,0 +1,666 @@
+"""3-D volumes: reading (NIfTI, NRRD/MHA, DICOM series and multi-frame), slicing into samples, and
+putting per-slice maps back into a volume written as NIfTI in the scan's own geometry.
+
+Orientation convention (one for every reader; see docs/data.md):
+
+* ``Volume.array`` is indexed ``[z, y, x]`` (the numpy order SimpleITK uses) and is reoriented on load,
+  by axis permutations and flips only (no resampling), so that **x increases towards the patient's
+  Left, y towards Posterior and z towards Superior** (LPS, the DICOM/ITK patient frame). For an
+  oblique scan the closest axes are used and the obliquity stays in the affine.
+* ``Volume.affine`` maps ``(x, y, z, 1)`` voxel indices (the array index reversed) to **RAS** millimetres,
+  i.e. it is the nibabel affine of ``array.transpose(2, 1, 0)``.
+* Slices are returned in display orientation: ``axial`` (along z) ``array[k]``: rows anterior -> posterior,
+  columns patient right -> left (radiological view, as a DICOM viewer shows an axial image);
+  ``coronal`` (along y) and ``sagittal`` (along x): superior at the top (rows flipped), columns
+  right -> left and anterior -> posterior respectively.
+* Output files are written in the **source file's** voxel layout and affine, so a map overlays its scan
+  in any viewer, and voxel (i, j, k) of the map is voxel (i, j, k) of the input.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medzsad.data.errors import DataError, NotAnImageError
+from medzsad.data.ids import clean_meta, pseudonymous_id
+from medzsad.data.readers import _dcmread, _first_line, detect_format, dicom_pixels, is_dicom_file
+from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Batch, Sample, collate_samples
+from medzsad.data.transforms import ClipImageTransform, ClipMaskTransform, map_to_original
+
+__all__ = [
+    "AXES",
+    "DicomSeriesInfo",
+    "Volume",
+    "axis_index",
+    "check_same_grid",
+    "list_dicom_series",
+    "predict_volume",
+    "read_dicom_files",
+    "read_volume",
+    "reassemble",
+    "slice_labels",
+    "volume_header",
+    "volume_samples",
+    "write_nifti",
+]
+
+AXES: dict[str, int] = {"axial": 0, "coronal": 1, "sagittal": 2}
+_CANONICAL_CODES = ("L", "P", "S")  # direction of increasing x, y, z
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+MapFn = Callable[[Batch], "torch.Tensor | np.ndarray"]
+
+
+def axis_index(axis: str | int) -> int:
+    """``"axial"``/``"coronal"``/``"sagittal"`` or 0/1/2 -> array axis of ``Volume.array``."""
+    if isinstance(axis, str):
+        if axis not in AXES:
+            raise ValueError(f"unknown slice axis {axis!r}; use one of {sorted(AXES)} or 0, 1, 2")
+        return AXES[axis]
+    if axis not in (0, 1, 2):
+        raise ValueError(f"slice axis must be 0, 1 or 2, got {axis!r}")
+    return int(axis)
+
+
+@dataclass
+class Volume:
+    """A 3-D scan in the canonical orientation (module docstring).
+
+    Attributes:
+        array: ``[z, y, x]``; float32 physical units for images (HU for CT), the file's dtype for labels.
+        affine: 4x4, ``(x, y, z, 1)`` index -> RAS mm.
+        modality: DICOM modality code when known.
+        meta: allow-listed metadata (format, modality, spacing, shape).
+        has_geometry: False when the source had no patient geometry (e.g. an ultrasound cine loop).
+        identity: source identity for pseudonymous ids (Series UID or path); never log it.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    modality: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    has_geometry: bool = True
+    identity: str = field(default="", repr=False)
+    source_affine: np.ndarray = field(default_factory=lambda: np.eye(4), repr=False)
+    source_shape: tuple[int, ...] = field(default=(), repr=False)
+    _from_source: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the array axes ``(z, y, x)``."""
+        norms = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return float(norms[2]), float(norms[1]), float(norms[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
+
+    def n_slices(self, axis: str | int = "axial") -> int:
+        return int(self.array.shape[axis_index(axis)])
+
+    def slice(self, axis: str | int, index: int, array: np.ndarray | None = None) -> np.ndarray:
+        """Slice ``index`` along ``axis`` in display orientation (module docstring), ``[rows, cols]``."""
+        return to_display(self.array if array is None else array, axis, index)
+
+    def to_source_layout(self, array: np.ndarray) -> np.ndarray:
+        """Bring a ``[z, y, x]`` array on this volume's grid back to the source file's voxel layout."""
+        from nibabel.orientations import apply_orientation
+
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"array shape {array.shape} does not match the volume {self.shape}")
+        xyz = np.asarray(array).transpose(2, 1, 0)
+        if self._from_source is None:
+            return xyz
+        inverse = _invert_ornt(self._from_source)
+        return np.ascontiguousarray(apply_orientation(xyz, inverse))
+
+
+def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """Inverse of a nibabel orientation transform (axis permutation + flips)."""
+    inverse = np.zeros_like(ornt)
+    for src_axis, (dst_axis, flip) in enumerate(ornt):
+        inverse[int(dst_axis)] = (src_axis, flip)
+    return inverse
+
+
+def to_display(array: np.ndarray, axis: str | int, index: int) -> np.ndarray:
+    """Slice of a ``[z, y, x]`` array in display orientation (see the module docstring)."""
+    ax = axis_index(axis)
+    if not 0 <= index < array.shape[ax]:
+        raise IndexError(f"slice {index} out of range for axis {axis} with {array.shape[ax]} slices")
+    if ax == 0:
+        return array[index]
+    out = array[:, index, :] if ax == 1 else array[:, :, index]
+    return out[::-1]  # superior at the top
+
+
+def from_display(slice_2d: np.ndarray, axis: str | int) -> np.ndarray:
+    """Inverse of :func:`to_display` for one slice (undo the row flip of coronal/sagittal)."""
+    return slice_2d if axis_index(axis) == 0 else slice_2d[::-1]
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _canonical(data_xyz: np.ndarray, affine_ras: np.ndarray, **kwargs: Any) -> Volume:
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation
+
+    source = io_orientation(affine_ras)
+    transform = _ornt_transform(source, axcodes2ornt(_CANONICAL_CODES))
+    data = np.ascontiguousarray(apply_orientation(data_xyz, transform))
+    affine = affine_ras @ inv_ornt_aff(transform, data_xyz.shape)
+    volume = Volume(
+        array=np.ascontiguousarray(data.transpose(2, 1, 0)),
+        affine=affine,
+        source_affine=np.asarray(affine_ras, dtype=np.float64),
+        source_shape=tuple(int(n) for n in data_xyz.shape),
+        _from_source=transform,
+        **kwargs,
+    )
+    volume.meta = clean_meta(
+        {**volume.meta, "spacing": tuple(round(s, 6) for s in volume.spacing), "shape": volume.shape}
+    )
+    return volume
+
+
+def _ornt_transform(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    from nibabel.orientations import ornt_transform
+
+    return ornt_transform(start, end)
+
+
+def read_volume(path: str | Path, *, series: int | str | None = None, image: bool = True) -> Volume:
+    """Read a 3-D scan into the canonical orientation.
+
+    Args:
+        path: a NIfTI (``.nii``/``.nii.gz``), NRRD/MHA file, a multi-frame DICOM file, or a folder of
+            DICOM files (a series; ordered by geometry, not by file name or InstanceNumber).
+        series: which series when the folder holds several (index into :func:`list_dicom_series` or
+            its ``key``); ``None`` requires exactly one.
+        image: True for scans (cast to float32); False for label maps (keep the file's dtype).
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "nifti":
+        volume = _read_nifti(path)
+    elif fmt in ("nrrd", "itk"):
+        volume = _read_itk(path, fmt)
+    elif fmt == "dicom_series":
+        volume = _read_dicom_series(path, series)
+    elif fmt == "dicom":
+        volume = _read_dicom_multiframe(path)
+    else:
+        raise NotAnImageError(path, f"{fmt} files hold 2-D images, not volumes")
+    if image and volume.array.dtype != np.float32:
+        volume.array = volume.array.astype(np.float32)
+    return volume
+
+
+def _read_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise DataError(path, f"cannot read NIfTI ({type(exc).__name__}: {_first_line(exc)})") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[..., None]
+    if data.ndim != 3:
+        raise NotAnImageError(path, f"NIfTI of shape {data.shape} is not a 3-D volume (4-D series are not read)")
+    meta = {"source_format": "nifti"}
+    return _canonical(
+        np.asarray(data), np.asarray(img.affine, dtype=np.float64), meta=meta, identity=str(path.resolve())
+    )
+
+
+def _read_itk(path: Path, fmt: str) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DataError(path, f"cannot read {fmt.upper()} ({_first_line(exc)})") from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise NotAnImageError(path, "vector/colour volumes are not supported")
+    if img.GetDimension() not in (2, 3):
+        raise NotAnImageError(path, f"{img.GetDimension()}-D image is not a 2-D or 3-D scan")
+    arr = sitk.GetArrayFromImage(img)
+    if arr.ndim == 2:
+        arr = arr[None]
+    dim = img.GetDimension()
+    direction = np.eye(3)
+    direction[:dim, :dim] = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    spacing = np.ones(3)
+    spacing[:dim] = img.GetSpacing()
+    origin = np.zeros(3)
+    origin[:dim] = img.GetOrigin()
+    return _canonical(
+        arr.transpose(2, 1, 0),
+        _lps_affine(direction, spacing, origin),
+        meta={"source_format": fmt},
+        identity=str(path.resolve()),
+    )
+
+
+def _lps_affine(direction: np.ndarray, spacing: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """ITK geometry (LPS direction columns, spacing, origin) -> RAS affine of the (x, y, z) index."""
+    affine = np.eye(4)
+    affine[:3, :3] = direction @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return _LPS_TO_RAS @ affine
+
+
+@dataclass(frozen=True)
+class DicomSeriesInfo:
+    """One series found in a folder. ``key`` is a pseudonymous id of the Series UID (safe to log)."""
+
+    key: str
+    n_files: int
+    modality: str | None
+    rows: int
+    cols: int
+    files: tuple[Path, ...] = field(repr=False)
+
+
+def _dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
+    headers = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if path.name.upper() == "DICOMDIR" or not is_dicom_file(path):
+            continue
+        try:
+            ds = _dcmread(path, stop_before_pixels=True)
+        except DataError:
+            continue
+        if "Rows" in ds and "Columns" in ds:
+            headers.append((path, ds))
+    return headers
+
+
+def list_dicom_series(folder: str | Path) -> list[DicomSeriesInfo]:
+    """The image series in a folder (recursively), largest first.
+
+    Files are grouped by Series Instance UID and, within a series, by image size and orientation, so
+    localisers or reformats stored under one UID come out as separate entries.
+    """
+    folder = Path(folder)
+    groups: dict[tuple[Any, ...], list[tuple[Path, Any]]] = {}
+    for path, ds in _dicom_headers(folder):
+        orientation = tuple(np.round(np.asarray(ds.get("ImageOrientationPatient", [0] * 6), float), 3))
+        key = (str(ds.get("SeriesInstanceUID", "")), int(ds.Rows), int(ds.Columns), orientation)
+        groups.setdefault(key, []).append((path, ds))
+    infos = []
+    for (uid, rows, cols, orientation), members in groups.items():
+        identity = f"{uid}|{rows}x{cols}|{orientation}"
+        infos.append(
+            DicomSeriesInfo(
+                key=pseudonymous_id(identity, length=12),
+                n_files=len(members),
+                modality=str(members[0][1].get("Modality", "") or "") or None,
+                rows=rows,
+                cols=cols,
+                files=tuple(p for p, _ in members),
+            )
+        )
+    return sorted(infos, key=lambda s: (-s.n_files, s.key))
+
+
+def _pick_series(folder: Path, series: int | str | None) -> DicomSeriesInfo:
+    infos = list_dicom_series(folder)
+    if not infos:
+        raise DataError(folder, "no DICOM image files found in this folder")
+    if series is None:
+        if len(infos) > 1:
+            listing = "; ".join(
+                f"[{i}] key={s.key} {s.modality or '?'} {s.n_files} files {s.rows}x{s.cols}"
+                for i, s in enumerate(infos)
+            )
+            raise DataError(folder, f"holds {len(infos)} DICOM series, choose one with series=: {listing}")
+        return infos[0]
+    if isinstance(series, int):
+        if not 0 <= series < len(infos):
+            raise DataError(folder, f"series index {series} out of range ({len(infos)} series)")
+        return infos[series]
+    for info in infos:
+        if info.key == series:
+            return info
+    raise DataError(folder, f"no series with key {series!r}")
+
+
+def _read_dicom_series(folder: Path, series: int | str | None) -> Volume:
+    return read_dicom_files(_pick_series(folder, series).files, folder)
+
+
+def read_dicom_files(files: Sequence[Path], folder: str | Path | None = None) -> Volume:
+    """Read the files of one DICOM series (any order) into a volume ordered by geometry."""
+    folder = Path(folder) if folder is not None else Path(files[0]).parent
+    slices = []
+    for path in files:
+        ds = _dcmread(path)
+        pixels, meta = dicom_pixels(ds, path)
+        if pixels.ndim != 3:
+            raise NotAnImageError(path, "colour DICOM series are not supported as volumes")
+        for frame in range(pixels.shape[0]):
+            slices.append((ds, pixels[frame], meta))
+    first = slices[0][0]
+    modality = str(first.get("Modality", "") or "") or None
+    spacing_rc = [float(v) for v in (first.get("PixelSpacing") or [1.0, 1.0])]
+    orientation = first.get("ImageOrientationPatient")
+    positions = [ds.get("ImagePositionPatient") for ds, _, _ in slices]
+    identity = str(first.get("SeriesInstanceUID", "") or "") or str(folder.resolve())
+    meta = {"source_format": "dicom", "modality": modality, "photometric": slices[0][2].get("photometric")}
+    if orientation is None or any(p is None for p in positions):
+        order = sorted(range(len(slices)), key=lambda i: int(slices[i][0].get("InstanceNumber", i) or i))
+        stack = np.stack([slices[i][1] for i in order]).astype(np.float32)
+        affine = _lps_affine(np.eye(3), np.array([spacing_rc[1], spacing_rc[0], 1.0]), np.zeros(3))
+        return _canonical(
+            stack.transpose(2, 1, 0), affine, modality=modality, meta=meta, has_geometry=False, identity=identity
+        )
+    stack, affine = _geometry_stack(
+        folder,
+        [s[1] for s in slices],
+        np.asarray(orientation, float),
+        np.asarray(positions, float),
+        spacing_rc,
+        float(first.get("SliceThickness", 0) or 0),
+    )
+    return _canonical(stack.transpose(2, 1, 0), affine, modality=modality, meta=meta, identity=identity)
+
+
+def _geometry_stack(
+    source: Path,
+    images: Sequence[np.ndarray],
+    orientation: np.ndarray,
+    positions: np.ndarray,
+    spacing_rc: Sequence[float],
+    thickness: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Order slices along the slice normal and build the RAS affine; refuse gaps and duplicates."""
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    distances = positions @ normal
+    order = np.argsort(distances, kind="stable")
+    distances = distances[order]
+    steps = np.diff(distances)
+    if steps.size and np.min(steps) < 1e-3:
+        raise DataError(source, "two slices share one position (several acquisitions, echoes or phases in one series?)")
+    if steps.size > 1 and (np.max(steps) - np.min(steps)) > 0.01 * np.median(steps) + 1e-3:
+        raise DataError(
+            source,
+            f"irregular slice spacing ({np.min(steps):.3f} to {np.max(steps):.3f} mm): missing slices?",
+        )
+    stack = np.stack([images[i] for i in order]).astype(np.float32)
+    if len(order) > 1:
+        step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
+    else:
+        step = normal * (thickness or 1.0)
+    lps = np.eye(4)
+    # x follows the row direction (along a row = column index), spacing = PixelSpacing[1].
+    lps[:3, 0] = row_dir * spacing_rc[1]
+    lps[:3, 1] = col_dir * spacing_rc[0]
+    lps[:3, 2] = step
+    lps[:3, 3] = positions[order[0]]
+    return stack, _LPS_TO_RAS @ lps
+
+
+def _read_dicom_multiframe(path: Path) -> Volume:
+    ds = _dcmread(path)
+    pixels, meta = dicom_pixels(ds, path)
+    if pixels.ndim != 3:
+        raise NotAnImageError(path, "colour multi-frame DICOM is not supported as a volume")
+    identity = str(ds.get("SOPInstanceUID", "") or "") or str(path.resolve())
+    modality = meta.get("modality")
+    n = pixels.shape[0]
+    positions, orientation, spacing = [], None, None
+    from medzsad.data.readers import _functional_item
+
+    for i in range(n):
+        pos = _functional_item(ds, "PlanePositionSequence", i)
+        ori = _functional_item(ds, "PlaneOrientationSequence", i)
+        meas = _functional_item(ds, "PixelMeasuresSequence", i)
+        positions.append(None if pos is None else pos.get("ImagePositionPatient"))
+        orientation = orientation if ori is None else ori.get("ImageOrientationPatient")
+        spacing = spacing if meas is None else meas.get("PixelSpacing")
+    spacing_rc = [float(v) for v in (spacing or ds.get("PixelSpacing") or [1.0, 1.0])]
+    base = {"source_format": "dicom", "modality": modality, "photometric": meta.get("photometric")}
+    if orientation is None or any(p is None for p in positions) or n < 2:
+        affine = _lps_affine(np.eye(3), np.array([spacing_rc[1], spacing_rc[0], 1.0]), np.zeros(3))
+        return _canonical(
+            pixels.astype(np.float32).transpose(2, 1, 0),
+            affine,
+            modality=modality,
+            meta=base,
+            has_geometry=False,
+            identity=identity,
+        )
+    stack, affine = _geometry_stack(
+        path, list(pixels), np.asarray(orientation, float), np.asarray(positions, float), spacing_rc, 0.0
+    )
+    return _canonical(stack.transpose(2, 1, 0), affine, modality=modality, meta=base, identity=identity)
+
+
+def volume_header(path: str | Path) -> tuple[int, int, int]:
+    """Canonical ``(z, y, x)`` shape of a NIfTI/NRRD/MHA volume from its header alone (no pixel read)."""
+    from nibabel.orientations import axcodes2ornt, io_orientation
+
+    path = Path(path)
+    fmt = detect_format(path)
+    try:
+        if fmt == "nifti":
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            shape = [int(n) for n in img.shape[:3]] + [1] * max(0, 3 - len(img.shape))
+            affine = np.asarray(img.affine, dtype=np.float64)
+        elif fmt in ("nrrd", "itk"):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            dim = reader.GetDimension()
+            shape = list(reader.GetSize()) + [1] * (3 - dim)
+            direction = np.eye(3)
+            direction[:dim, :dim] = np.asarray(reader.GetDirection(), float).reshape(dim, dim)
+            affine = _lps_affine(direction, np.ones(3), np.zeros(3))
+        else:
+            raise NotAnImageError(path, f"{fmt} is not a volume format")
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(path, f"cannot read volume header ({type(exc).__name__}: {_first_line(exc)})") from None
+    transform = _ornt_transform(io_orientation(affine), axcodes2ornt(_CANONICAL_CODES))
+    xyz = [0, 0, 0]
+    for src, (dst, _flip) in enumerate(transform):
+        xyz[int(dst)] = shape[src]
+    return xyz[2], xyz[1], xyz[0]
+
+
+def check_same_grid(image: Volume, label: Volume, source: str | Path | None = None) -> None:
+    """Raise :class:`DataError` unless ``label`` lies on ``image``'s voxel grid (shape and affine)."""
+    if image.shape != label.shape or not np.allclose(image.affine, label.affine, atol=1e-3):
+        raise DataError(
+            source,
+            f"label map grid {label.shape} does not match the image grid {image.shape} "
+            "(different shape, spacing, origin or orientation)",
+        )
+
+
+# --------------------------------------------------------------------------------------------- slicing
+
+
+def slice_labels(label: Volume | np.ndarray, axis: str | int = "axial") -> np.ndarray:
+    """bool ``[n_slices]``: which slices along ``axis`` contain lesion voxels (label > 0)."""
+    array = label.array if isinstance(label, Volume) else label
+    ax = axis_index(axis)
+    other = tuple(i for i in range(3) if i != ax)
+    return np.asarray(array > 0).any(axis=other)
+
+
+def volume_samples(
+    volume: Volume,
+    *,
+    axis: str | int = "axial",
+    transform: ClipImageTransform | None = None,
+    label: Volume | None = None,
+    category: str = "",
+    indices: Sequence[int] | None = None,
+    salt: str | bytes | None = None,
+) -> Iterator[Sample]:
+    """Yield one :class:`Sample` per slice along ``axis``.
+
+    The intensity range is fitted once on the whole volume (so all slices share one scale). With a
+    ``label`` volume on the same grid, slices with lesion voxels get label 1, specie ``"lesion"`` and
+    their mask; the others label 0, specie ``"good"`` and an empty mask. Without one, labels are -1.
+    """
+    transform = transform or ClipImageTransform()
+    mask_transform = ClipMaskTransform(transform.image_size, pad_to_square=transform.pad_to_square)
+    if label is not None:
+        check_same_grid(volume, label)
+    value_range = None
+    if not transform.intensity.is_official_8bit(volume.array):
+        value_range = transform.intensity.fit(volume.array, volume.modality)
+    volume_id = pseudonymous_id(volume.identity or "volume", salt=salt)
+    ax = axis_index(axis)
+    name = next(k for k, v in AXES.items() if v == ax)
+    meta = {
+        **volume.meta,
+        "slice_axis": name,
+        "intensity": transform.intensity.describe(volume.modality, volume.array.dtype),
+    }
+    for index in indices if indices is not None else range(volume.array.shape[ax]):
+        image = volume.slice(ax, index)
+        mask = None
+        label_value = LABEL_UNKNOWN
+        if label is not None:
+            lesion = volume.slice(ax, index, label.array) > 0
+            label_value = LABEL_ABNORMAL if lesion.any() else LABEL_NORMAL
+            mask = mask_transform(lesion)
+        yield Sample(
+            image=transform(np.ascontiguousarray(image), modality=volume.modality, value_range=value_range),
+            mask=mask,
+            label=label_value,
+            category=category,
+            sample_id=pseudonymous_id(f"{volume.identity}#{name}{index}", salt=salt),
+            specie={LABEL_ABNORMAL: "lesion", LABEL_NORMAL: "good"}.get(label_value, ""),
+            original_size=image.shape[:2],
+            slice_index=int(index),
+            volume_id=volume_id,
+            meta=meta,
+        )
+
+
+def reassemble(
+    slice_maps: Sequence[np.ndarray],
+    volume: Volume,
+    axis: str | int = "axial",
+    indices: Sequence[int] | None = None,
+    fill: float = 0.0,
+) -> np.ndarray:
+    """Stack per-slice maps (display orientation, each at its slice's own ``[rows, cols]``) into a
+    float32 ``[z, y, x]`` array on ``volume``'s grid; slices not in ``indices`` get ``fill``."""
+    ax = axis_index(axis)
+    indices = list(range(volume.array.shape[ax])) if indices is None else list(indices)
+    if len(indices) != len(slice_maps):
+        raise ValueError(f"{len(slice_maps)} maps for {len(indices)} slice indices")
+    out = np.full(volume.shape, fill, dtype=np.float32)
+    for index, slice_map in zip(indices, slice_maps):
+        expected = to_display(out, ax, index).shape
+        slice_map = np.asarray(slice_map, dtype=np.float32)
+        if slice_map.shape != expected:
+            raise ValueError(f"map for slice {index} has shape {slice_map.shape}, expected {expected}")
+        target = [slice(None)] * 3
+        target[ax] = index
+        out[tuple(target)] = from_display(slice_map, ax)
+    return out
+
+
+def predict_volume(
+    volume: Volume,
+    map_fn: MapFn,
+    *,
+    axis: str | int = "axial",
+    transform: ClipImageTransform | None = None,
+    batch_size: int = 8,
+    label: Volume | None = None,
+    category: str = "",
+) -> np.ndarray:
+    """Run ``map_fn`` slice by slice and return the map volume, float32 ``[z, y, x]`` on the scan's grid.
+
+    Args:
+        map_fn: ``Batch -> [B, S, S]`` (or ``[B, 1, S, S]``) anomaly maps at model resolution.
+        transform: the image transform (its ``pad_to_square`` is undone for the maps).
+        label: optional label volume; its masks ride along in the batches (for oracle checks).
+    """
+    transform = transform or ClipImageTransform()
+    ax = axis_index(axis)
+    maps: list[np.ndarray] = []
+    indices: list[int] = []
+    pending: list[Sample] = []
+
+    def flush() -> None:
+        batch = collate_samples(pending)
+        out = map_fn(batch)
+        out = out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+        if out.ndim == 4 and out.shape[1] == 1:
+            out = out[:, 0]
+        if out.shape[0] != len(pending):
+            raise ValueError(f"map_fn returned {out.shape[0]} maps for a batch of {len(pending)}")
+        for sample, slice_map in zip(pending, out):
+            maps.append(map_to_original(slice_map, sample.original_size, pad_to_square=transform.pad_to_square))
+            indices.append(int(sample.slice_index or 0))
+        pending.clear()
+
+    for sample in volume_samples(volume, axis=ax, transform=transform, label=label, category=category):
+        pending.append(sample)
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    return reassemble(maps, volume, ax, indices)
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def write_nifti(array: np.ndarray, volume: Volume, path: str | Path, *, dtype: Any = np.float32) -> Path:
+    """Write a ``[z, y, x]`` array on ``volume``'s grid as NIfTI in the source file's layout and affine.
+
+    The write is atomic (temporary file in the same folder, then rename), and the header carries no
+    description or file names.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    name = path.name
+    if not name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"NIfTI output must end in .nii or .nii.gz, got {name!r}")
+    data = volume.to_source_layout(np.asarray(array)).astype(dtype)
+    img = nib.Nifti1Image(data, volume.source_affine)
+    img.set_qform(volume.source_affine, code=1)
+    img.set_sform(volume.source_affine, code=1)
+    img.header.set_xyzt_units("mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
