@@ -1,0 +1,193 @@
+"""The exact, mergeable sufficient statistic behind every pixel-level metric of one category.
+
+What any threshold-based pixel metric (AUROC, AP, F1-max, AUPRO, the 200-threshold compat AUPRO)
+needs from a category is:
+
+* the multiset of normal-pixel scores (mask == 0), kept as one array sorted ascending;
+* per anomalous pixel: its score and the size of the 8-connected ground-truth region it belongs to
+  (its PRO weight is 1 / size); regions are labelled per image when the image is added;
+* the number of regions.
+
+Why the normal scores are kept as a sorted array rather than as (distinct value, count) pairs: float
+maps have almost only distinct values, so pairs would cost 3x the bytes of the values themselves; the
+sorted multiset is the same information at 1x, and merging shards is concatenation. Tie-heavy maps are
+stored run-length encoded in :meth:`PixelStatistics.state_dict` when that is smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from medzsad.metrics._validate import as_binary_masks, check_maps, check_same_shape
+
+# The MVTec reference labels ground truth with a full 3x3 structure: 8-connected regions.
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Size of the 8-connected region of every anomalous pixel of a 2-D bool mask (row-major order)."""
+    labels, num_regions = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    sizes = np.bincount(labels.ravel(), minlength=num_regions + 1)
+    return sizes[labels[mask]].astype(np.int64), int(num_regions)
+
+
+@dataclass(frozen=True)
+class PixelData:
+    """Consolidated statistic: ready to compute metrics from.
+
+    ``normal_sorted``: ascending scores of all normal pixels. ``anomalous_descending``: anomalous scores
+    in descending order, ties ordered by region size so the order (and every float sum over it) does not
+    depend on the order in which images or shards arrived. ``anomalous_region_sizes``: aligned with it.
+    """
+
+    normal_sorted: np.ndarray
+    anomalous_descending: np.ndarray
+    anomalous_region_sizes: np.ndarray
+    num_regions: int
+
+    @property
+    def num_normal(self) -> int:
+        return int(self.normal_sorted.size)
+
+    @property
+    def num_anomalous(self) -> int:
+        return int(self.anomalous_descending.size)
+
+
+class PixelStatistics:
+    """Accumulates the pixel statistic of one category over batches, shards and processes."""
+
+    def __init__(self) -> None:
+        self._normal_chunks: list[np.ndarray] = []
+        self._normal_is_sorted = True
+        self._anomalous_chunks: list[np.ndarray] = []
+        self._size_chunks: list[np.ndarray] = []
+        self.num_regions = 0
+        self._consolidated: PixelData | None = None
+
+    def add(self, maps: np.ndarray, masks: np.ndarray, where: str = "maps") -> np.ndarray:
+        """Add ``(N, H, W)`` maps, or one ``(H, W)`` map, with masks of the same shape (bool or 0/1).
+
+        Returns the masks as bool ``(N, H, W)``. ``where`` names the input in error messages.
+        """
+        masks = np.asarray(masks)
+        if maps.ndim not in (2, 3):
+            raise ValueError(f"{where}: expected (H, W) or (N, H, W) maps; got shape {maps.shape}")
+        check_same_shape(maps, masks, where)
+        check_maps(maps, where)
+        binary = as_binary_masks(masks, where.replace("maps", "masks"))
+        if maps.ndim == 2:
+            maps, binary = maps[None], binary[None]
+        self._normal_chunks.append(maps[~binary])
+        self._normal_is_sorted = False
+        self._anomalous_chunks.append(maps[binary])
+        self._size_chunks.append(self._region_sizes(binary))
+        self._consolidated = None
+        return binary
+
+    def _region_sizes(self, masks: np.ndarray) -> np.ndarray:
+        sizes = []
+        for index in np.flatnonzero(masks.reshape(masks.shape[0], -1).any(axis=1)):
+            per_pixel, regions = label_regions(masks[index])
+            sizes.append(per_pixel)
+            self.num_regions += regions
+        return np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
+
+    def merge(self, other: PixelStatistics) -> None:
+        """Add another accumulator's pixels (it is left unchanged; arrays are shared, not copied)."""
+        self._normal_chunks.extend(other._normal_chunks)
+        self._normal_is_sorted = len(self._normal_chunks) <= 1 and other._normal_is_sorted
+        self._anomalous_chunks.extend(other._anomalous_chunks)
+        self._size_chunks.extend(other._size_chunks)
+        self.num_regions += other.num_regions
+        self._consolidated = None
+
+    @property
+    def empty(self) -> bool:
+        return not self._normal_chunks
+
+    def consolidate(self) -> PixelData:
+        """Sort everything once and keep only the sorted arrays (peak: 2x the normal pixels)."""
+        if self._consolidated is not None:
+            return self._consolidated
+        chunks = [*self._normal_chunks, *self._anomalous_chunks]
+        dtype = np.result_type(*chunks) if chunks else np.dtype(np.float64)
+        normal = _concatenate(self._normal_chunks, dtype)
+        if not self._normal_is_sorted:
+            normal.sort()  # in place: values only, far cheaper than an argsort
+        anomalous = _concatenate(self._anomalous_chunks, dtype)
+        sizes = _concatenate(self._size_chunks, np.int64)
+        # Canonical order: score descending, then region size descending, so shard order is irrelevant.
+        order = np.lexsort((sizes, anomalous))[::-1]
+        anomalous, sizes = anomalous[order], sizes[order]
+        self._normal_chunks, self._normal_is_sorted = [normal], True
+        self._anomalous_chunks, self._size_chunks = [anomalous], [sizes]
+        self._consolidated = PixelData(normal, anomalous, sizes, self.num_regions)
+        return self._consolidated
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Plain arrays (for ``np.savez``); normal scores run-length encoded when that halves the size."""
+        data = self.consolidate()
+        state = {
+            "anomalous_scores": data.anomalous_descending,
+            "anomalous_region_sizes": data.anomalous_region_sizes,
+            "num_regions": np.asarray(data.num_regions, dtype=np.int64),
+        }
+        run_length = _run_length_if_smaller(data.normal_sorted)
+        if run_length is None:
+            state["normal_scores"] = data.normal_sorted
+        else:
+            state["normal_values"], state["normal_counts"] = run_length
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, np.ndarray]) -> PixelStatistics:
+        statistics = cls()
+        if "normal_scores" in state:
+            normal = np.asarray(state["normal_scores"])
+        else:
+            normal = np.repeat(np.asarray(state["normal_values"]), np.asarray(state["normal_counts"]))
+        if normal.size > 1 and not np.all(normal[1:] >= normal[:-1]):
+            normal = np.sort(normal)  # a copy: never reorder the caller's arrays
+        statistics._normal_chunks = [normal]
+        statistics._anomalous_chunks = [np.asarray(state["anomalous_scores"])]
+        statistics._size_chunks = [np.asarray(state["anomalous_region_sizes"], dtype=np.int64)]
+        statistics.num_regions = int(state["num_regions"])
+        return statistics
+
+
+def pixel_data(maps: np.ndarray | list[np.ndarray], masks: np.ndarray | list[np.ndarray]) -> PixelData:
+    """Statistic of one category from ``(N, H, W)`` arrays or equal-length lists of ``(H, W)`` arrays."""
+    statistics = PixelStatistics()
+    if isinstance(maps, np.ndarray) and isinstance(masks, np.ndarray):
+        statistics.add(maps, masks)
+    else:
+        if len(maps) != len(masks):
+            raise ValueError(f"got {len(maps)} maps but {len(masks)} masks")
+        for index, (one_map, one_mask) in enumerate(zip(maps, masks, strict=True)):
+            statistics.add(np.asarray(one_map), one_mask, where=f"maps[{index}]")
+    return statistics.consolidate()
+
+
+def _concatenate(chunks: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    if len(chunks) == 1 and chunks[0].dtype == dtype:
+        return chunks[0]  # no copy for the common single-batch case
+    return np.concatenate(chunks).astype(dtype, copy=False) if chunks else np.zeros(0, dtype=dtype)
+
+
+def _run_length_if_smaller(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    if sorted_values.size < 2:
+        return None
+    is_start = np.empty(sorted_values.size, dtype=bool)
+    is_start[0] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=is_start[1:])
+    num_distinct = int(np.count_nonzero(is_start))
+    # (value, int64 count) pairs must take at most half the bytes of the plain values.
+    if num_distinct * (sorted_values.itemsize + 8) * 2 > sorted_values.nbytes:
+        return None
+    starts = np.flatnonzero(is_start)
+    counts = np.diff(starts, append=sorted_values.size).astype(np.int64)
+    return sorted_values[starts], counts

@@ -1,0 +1,8 @@
+"""Make the helper modules beside these tests importable whatever pytest's import mode is."""
+
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
