@@ -1,0 +1,232 @@
+"""Zero-shot evaluation: run a method over a dataset, accumulate exact metrics, keep review examples.
+
+Maps and masks are compared at model resolution (518² by default), as the reference evaluation does;
+metrics come from :class:`medzsad.metrics.MetricAccumulator` (exact AUROC/AP/F1-max/AU-PRO). Memory
+stays bounded on large archives: per-sample results keep only a score and a label, and review copies
+(downscaled image, map and mask) are kept for at most ``review_limit`` samples.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from medzsad.backbone.clip import CLIP_MEAN, CLIP_STD
+from medzsad.data.records import Batch, collate_samples
+from medzsad.engine.checkpoints import atomic_write_bytes, atomic_write_text
+from medzsad.engine.config import EvalConfig
+from medzsad.engine.runtime import autocast
+from medzsad.methods.base import ZsadMethod
+from medzsad.metrics import MetricAccumulator, MetricsReport
+from medzsad.tracking.review import ReviewSample
+
+
+@dataclass
+class SampleResult:
+    """One image's outcome (pseudonymous id only)."""
+
+    sample_id: str
+    category: str
+    score: float
+    label: int
+    volume_id: str | None = None
+    slice_index: int | None = None
+
+
+@dataclass
+class DatasetEvaluation:
+    """Everything :func:`evaluate` produces for one dataset."""
+
+    name: str
+    report: MetricsReport
+    samples: list[SampleResult]
+    review: list[ReviewSample] = field(default_factory=list)
+    accumulator: MetricAccumulator | None = None
+
+
+def display_images(images: torch.Tensor) -> np.ndarray:
+    """Undo the CLIP normalisation: ``[B,3,H,W]`` float -> ``[B,H,W,3]`` uint8."""
+    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
+    pixels = ((images.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: int) -> list[ReviewSample]:
+    """Downscaled copies (``side`` pixels) of what the review shows, so thousands fit in memory."""
+    pixels = display_images(torch.nn.functional.interpolate(batch.image.float(), size=(side, side), mode="area"))
+    small_maps = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(side, side), mode="area")
+    small_masks = torch.nn.functional.interpolate(batch.mask.float()[:, None], size=(side, side), mode="area")
+    samples = []
+    for i in range(len(batch)):
+        samples.append(
+            ReviewSample(
+                sample_id=batch.sample_id[i],
+                category=batch.category[i] or "all",
+                score=float(scores[i]),
+                label=int(batch.label[i]),
+                image=pixels[i],
+                anomaly_map=small_maps[i, 0].numpy(),
+                mask=(small_masks[i, 0] > 0.5).numpy() if bool(batch.has_mask[i]) else None,
+                burned_in_text=bool(batch.meta[i].get("burned_in_text", False)),
+            )
+        )
+    return samples
+
+
+def evaluate(
+    method: ZsadMethod,
+    dataset: Dataset,
+    config: EvalConfig,
+    device: torch.device,
+    name: str = "dataset",
+    review_limit: int = 0,
+    review_side: int = 256,
+    maps_dir: Path | None = None,
+) -> DatasetEvaluation:
+    """Evaluate ``method`` on one dataset of :class:`~medzsad.data.records.Sample`.
+
+    Args:
+        method: a trained (or training-free) method.
+        dataset: samples with images and, where known, labels and masks.
+        config: batch size, precision, which metrics.
+        device: where to run the model.
+        name: dataset name used in tables and file names.
+        review_limit: how many samples (downscaled to ``review_side`` px) are kept for the review
+            overlays; 0 keeps none.
+        review_side: side of the kept review images in pixels.
+        maps_dir: when given, every map is written there as ``<sample_id>.npz`` (float32).
+
+    Returns:
+        :class:`DatasetEvaluation` with the metrics report and per-sample scores.
+    """
+    method.to(device).eval()
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate_samples)
+    accumulator = MetricAccumulator()
+    review: list[ReviewSample] = []
+    samples: list[SampleResult] = []
+    for batch in tqdm(loader, desc=f"test {name}", leave=False, disable=None):
+        scores, maps = _predict_batch(method, batch, config, device)
+        _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
+        labelled = [i for i in range(len(batch)) if int(batch.label[i]) >= 0]
+        if len(review) < review_limit and labelled:
+            review.extend(_review_samples(batch, scores, maps, review_side)[: review_limit - len(review)])
+        for i in range(len(batch)):
+            samples.append(
+                SampleResult(
+                    batch.sample_id[i],
+                    batch.category[i],
+                    float(scores[i]),
+                    int(batch.label[i]),
+                    batch.volume_id[i],
+                    batch.slice_index[i],
+                )
+            )
+        if maps_dir is not None:
+            _write_maps(maps_dir, batch.sample_id, maps)
+    return DatasetEvaluation(
+        name=name,
+        report=accumulator.compute(),
+        samples=samples,
+        review=review,
+        accumulator=accumulator,
+    )
+
+
+def _predict_batch(
+    method: ZsadMethod, batch: Batch, config: EvalConfig, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    images = batch.image.to(device, non_blocking=True)
+    with torch.no_grad(), autocast(device, config.precision):
+        output = method.predict(images)
+    scores = output.image_scores.float().cpu().numpy()
+    maps = output.anomaly_maps.float().cpu().numpy()
+    return scores, maps
+
+
+def _update_metrics(
+    accumulator: MetricAccumulator, batch: Batch, scores: np.ndarray, maps: np.ndarray, pixel: bool
+) -> None:
+    labels = batch.label.cpu().numpy()
+    masks = batch.mask.cpu().numpy() > 0.5
+    has_mask = batch.has_mask.cpu().numpy().astype(bool)
+    # An unknown label is read off the mask when there is one (abnormal iff any lesion pixel).
+    labels = np.where((labels < 0) & has_mask, masks.reshape(len(labels), -1).any(axis=1), labels)
+    known = labels >= 0
+    for category in sorted(set(batch.category)):
+        rows = np.array([c == category for c in batch.category]) & known
+        if not rows.any():
+            continue
+        with_masks = rows & has_mask
+        if pixel and with_masks.any():
+            accumulator.update(
+                category,
+                maps=maps[with_masks],
+                masks=masks[with_masks],
+                scores=scores[with_masks],
+                labels=labels[with_masks],
+            )
+        without = rows & ~has_mask if pixel else rows
+        if without.any():
+            accumulator.update(category, scores=scores[without], labels=labels[without])
+
+
+def _write_maps(folder: Path, sample_ids: Iterable[str], maps: np.ndarray) -> None:
+    import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for sample_id, anomaly_map in zip(sample_ids, maps):
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, anomaly_map=anomaly_map.astype(np.float32))
+        atomic_write_bytes(folder / f"{sample_id}.npz", buffer.getvalue())
+
+
+# -- tables ----------------------------------------------------------------------------------------
+
+
+def report_rows(name: str, report: MetricsReport) -> list[dict[str, Any]]:
+    """Per-category rows plus the macro mean, as plain dicts (``dataset``, ``category``, metrics...)."""
+    rows = [
+        {"dataset": name, "category": category, **result.values} for category, result in report.per_category.items()
+    ]
+    rows.append({"dataset": name, "category": "mean", **report.macro_mean.values})
+    return rows
+
+
+def write_tables(output_dir: Path, evaluations: Mapping[str, DatasetEvaluation]) -> tuple[Path, Path]:
+    """``metrics.csv`` (one row per dataset and category, plus means) and ``metrics.json``."""
+    rows = [row for name, ev in evaluations.items() for row in report_rows(name, ev.report)]
+    columns = ["dataset", "category", *sorted({k for row in rows for k in row} - {"dataset", "category"})]
+    lines = [",".join(columns)]
+    for row in rows:
+        lines.append(",".join(_csv_cell(row.get(column, "")) for column in columns))
+    csv_path, json_path = output_dir / "metrics.csv", output_dir / "metrics.json"
+    atomic_write_text(csv_path, "\n".join(lines) + "\n")
+    payload = {name: ev.report.to_dict() for name, ev in evaluations.items()}
+    atomic_write_text(json_path, json.dumps(payload, indent=2, sort_keys=True, default=float))
+    return csv_path, json_path
+
+
+def write_scores(path: Path, evaluation: DatasetEvaluation) -> None:
+    """One CSV row per image: pseudonymous id, category, label, score."""
+    lines = ["sample_id,category,label,score,volume_id,slice_index"]
+    for s in evaluation.samples:
+        volume = s.volume_id or ""
+        index = "" if s.slice_index is None else str(s.slice_index)
+        lines.append(f"{s.sample_id},{_csv_cell(s.category)},{s.label},{s.score:.8g},{volume},{index}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    text = str(value)
+    return f'"{text}"' if "," in text else text

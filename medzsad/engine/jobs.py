@@ -1,0 +1,288 @@
+"""The toolkit's main jobs as library calls: predict, test, train/fine-tune, benchmark tables.
+
+The CLI is a thin layer over these functions; a Python user calls the same names with a
+:class:`~medzsad.engine.config.RunConfig`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import medzsad
+from medzsad.data.transforms import ClipImageTransform, Intensity
+from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths
+from medzsad.engine.config import ConfigError, RunConfig
+from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
+from medzsad.engine.predict import PredictSummary, predict_paths
+from medzsad.engine.runtime import build_backbone, build_method, resolve_device
+from medzsad.engine.train import TrainResult, train
+from medzsad.methods.base import ZsadMethod
+from medzsad.tracking import Purpose, TrackingConfig, tracked_run
+
+
+def make_transform(config: RunConfig, image_size: int) -> ClipImageTransform:
+    """The image transform the data section describes (official behaviour by default)."""
+    data = config.data
+    intensity = Intensity(mode="auto", window=tuple(data.ct_window), percentiles=tuple(data.mri_percentiles))
+    return ClipImageTransform(image_size, pad_to_square=data.pad_to_square, intensity=intensity)
+
+
+def tracking_config(config: RunConfig) -> TrackingConfig:
+    section = config.tracking
+    kwargs: dict[str, Any] = {"system_metrics": section.system_metrics, "deidentified": section.deidentified}
+    if section.tracking_uri:
+        kwargs["tracking_uri"] = section.tracking_uri
+    if section.artifact_location:
+        kwargs["artifact_location"] = Path(section.artifact_location)
+    return TrackingConfig(**kwargs)
+
+
+def _require_trained(method: ZsadMethod, config: RunConfig) -> None:
+    if method.trainable_parameters() and not config.checkpoint:
+        raise ConfigError(
+            f"checkpoint: {config.method} learns its prompts; give a trained checkpoint "
+            "(checkpoint=runs/train/epoch_15.safetensors or an official .pth)"
+        )
+
+
+@dataclass
+class DatasetSpec:
+    """A target dataset named in ``data.test`` as ``PATH`` or ``NAME=PATH``."""
+
+    name: str
+    path: Path
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def parse_dataset_spec(text: str) -> DatasetSpec:
+    """``"brainmri=/data/BrainMRI/meta.json"`` -> name ``brainmri``; without a name, the folder's name."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        path, name = text, ""
+    location = Path(path)
+    if not name:
+        name = (location.parent.name if location.is_file() else location.name) or "dataset"
+    return DatasetSpec(_SAFE_NAME.sub("_", name).strip("_") or "dataset", location)
+
+
+def open_dataset(spec: str | Path, config: RunConfig, image_size: int, split: str | None = None):
+    """A dataset of samples from a ``meta.json`` manifest, an image folder or a folder of scans."""
+    from medzsad.data.datasets import open_dataset as open_data
+
+    location = parse_dataset_spec(str(spec)).path
+    if not location.exists():
+        raise ConfigError(f"{location}: dataset not found")
+    return open_data(
+        location,
+        transform=make_transform(config, image_size),
+        split=split or config.data.split,
+        root=config.data.train_root,
+        slice_axis=config.data.slice_axis,
+    )
+
+
+# -- predict ---------------------------------------------------------------------------------------
+
+
+def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Path) -> PredictSummary:
+    """Maps, overlays and scores for every input (see :mod:`medzsad.engine.predict`)."""
+    device = resolve_device(config.device)
+    method = build_method(config)
+    _require_trained(method, config)
+    transform = make_transform(config, method.image_size)
+    return predict_paths(method, inputs, output_dir, device, transform, config.eval.batch_size, config.eval.precision)
+
+
+# -- test ------------------------------------------------------------------------------------------
+
+
+def _run_tags(config: RunConfig, method: ZsadMethod) -> dict[str, str]:
+    identity = method.backbone.identity()
+    return {
+        "method": method.name,
+        "backbone": identity["backbone"],
+        "weight_hash": identity["backbone_sha256"][:16] or identity["backbone_weights"],
+    }
+
+
+@contextlib.contextmanager
+def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, target: str, aux: str | None) -> Iterator:
+    if not config.tracking.enabled:
+        yield None
+        return
+    tags = _run_tags(config, method)
+    with tracked_run(
+        tracking_config(config),
+        purpose,
+        method=tags["method"],
+        backbone=tags["backbone"],
+        weight_hash=tags["weight_hash"],
+        target_dataset=target,
+        aux_data=aux,
+        config_dict=config.to_dict(),
+        code_version=medzsad.__version__,
+    ) as run:
+        yield run
+
+
+def evaluate_config(
+    config: RunConfig, method: ZsadMethod | None = None, quiet: bool = False
+) -> dict[str, DatasetEvaluation]:
+    """Evaluate ``config``'s method on every dataset of ``data.test``; write tables; log to MLflow."""
+    device = resolve_device(config.device)
+    method = method if method is not None else build_method(config)
+    _require_trained(method, config)
+    output_dir = Path(config.eval.output_dir)
+    evaluations: dict[str, DatasetEvaluation] = {}
+    torch.manual_seed(config.eval.seed)
+    for text in config.data.test:
+        spec = parse_dataset_spec(text)
+        dataset = open_dataset(text, config, method.image_size)
+        maps_dir = output_dir / "maps" / spec.name if config.eval.save_maps else None
+        review_limit = 512 if config.tracking.enabled else 0
+        result = evaluate(method, dataset, config.eval, device, spec.name, review_limit, maps_dir=maps_dir)
+        evaluations[spec.name] = result
+        write_scores(output_dir / f"scores_{spec.name}.csv", result)
+        if not quiet:
+            print(f"\n{spec.name} ({method.name}; pixel AU-PRO is the exact MVTec AD metric)")
+            print(result.report.format_table())
+        with _maybe_tracked(config, Purpose.ZERO_SHOT_EVAL, method, spec.name, _aux_data(config)) as run:
+            if run is not None:
+                _log_evaluation(run, result, config)
+    csv_path, json_path = write_tables(output_dir, evaluations)
+    if not quiet:
+        print(f"\ntables: {csv_path}, {json_path}")
+    return evaluations
+
+
+def run_test(config: RunConfig) -> dict[str, DatasetEvaluation]:
+    return evaluate_config(config)
+
+
+def _aux_data(config: RunConfig) -> str | None:
+    if not config.checkpoint:
+        return None
+    try:
+        from medzsad.engine.checkpoints import read_checkpoint_info
+
+        return str(read_checkpoint_info(config.checkpoint).training.get("aux_data", "")) or None
+    except CheckpointError:
+        return None
+
+
+def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> None:
+    report = result.report
+    metrics = {category: dict(values.values) for category, values in report.per_category.items()}
+    metrics["mean"] = dict(report.macro_mean.values)
+    run.log_eval(metrics)
+    if result.review:
+        run.log_review(
+            result.review,
+            result.name,
+            image_threshold=0.5,
+            pixel_threshold=config.eval.dice_threshold,
+            panel_size=config.tracking.review_panel_size,
+        )
+
+
+# -- train -----------------------------------------------------------------------------------------
+
+
+def run_train(config: RunConfig, finetune: bool = False) -> TrainResult:
+    """Learn prompts on ``data.train`` (fine-tune from ``checkpoint`` when ``finetune``)."""
+    if not config.data.train:
+        raise ConfigError("data.train: give the auxiliary dataset, e.g. data.train=/data/mvtec/meta.json")
+    if finetune and not config.checkpoint:
+        raise ConfigError("checkpoint: finetune continues from a trained checkpoint; give checkpoint=...")
+    if not finetune and config.checkpoint:
+        raise ConfigError("checkpoint: train starts from fresh prompts; use `medzsad finetune` to continue one")
+    device = resolve_device(config.device)
+    backbone = build_backbone(config)
+    torch.manual_seed(config.train.seed)  # prompt initialisation
+    method = build_method(config, backbone)
+    if not method.trainable_parameters():
+        raise ConfigError(f"method: {config.method} is training-free; nothing to train")
+    dataset = open_dataset(config.data.train, config, method.image_size)
+    aux = parse_dataset_spec(config.data.train).name
+    purpose = Purpose.FINETUNE if finetune else Purpose.AUX_TRAIN
+    with _maybe_tracked(config, purpose, method, aux, aux) as run:
+        on_epoch = (lambda epoch, losses: run.log_epoch(epoch, losses)) if run is not None else None
+        result = train(method, dataset, config.train, device, on_epoch, {"aux_data": aux, "finetune": finetune})
+        if run is not None and result.last_checkpoint is not None:
+            tensors, meta = checkpoint_paths(result.last_checkpoint)
+            run.log_checkpoint(tensors, meta)
+    last = result.last_checkpoint
+    print(f"trained {len(result.history)} epoch(s); last checkpoint: {last}.safetensors" if last else "no epoch run")
+    return result
+
+
+# -- benchmark table -------------------------------------------------------------------------------
+
+TABLE_METRICS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro@0.3")
+
+
+def run_table(base: RunConfig, columns: Mapping[str, RunConfig]) -> str:
+    """Several methods x the datasets of ``base.data.test`` into one paper-style table.
+
+    Each column config brings its method and checkpoint; data and evaluation settings come from
+    ``base``. Returns the table text (also written as ``table.md`` in ``base.eval.output_dir``).
+    """
+    from medzsad.engine.checkpoints import atomic_write_text
+
+    results: dict[str, dict[str, DatasetEvaluation]] = {}
+    for label, column in columns.items():
+        merged = RunConfig(
+            **{
+                **base.__dict__,
+                "method": column.method,
+                "method_config": column.method_config,
+                "checkpoint": column.checkpoint,
+                "backbone": column.backbone,
+            }
+        )
+        merged.eval.output_dir = str(Path(base.eval.output_dir) / label)
+        results[label] = evaluate_config(merged, quiet=True)
+    text = format_benchmark_table(results)
+    print(text)
+    atomic_write_text(Path(base.eval.output_dir) / "table.md", text + "\n")
+    return text
+
+
+def format_benchmark_table(results: Mapping[str, Mapping[str, DatasetEvaluation]]) -> str:
+    """Markdown: one row per dataset, per method the (image AUROC, AP) and (pixel AUROC, AU-PRO) means."""
+    header = (
+        "| dataset | "
+        + " | ".join(f"{label} img (AUROC, AP) | {label} px (AUROC, AU-PRO@0.3 exact)" for label in results)
+        + " |"
+    )
+    rule = "|---|" + "---|---|" * len(results)
+    datasets = sorted({name for per_method in results.values() for name in per_method})
+    lines = [header, rule]
+    for name in datasets:
+        cells = []
+        for per_method in results.values():
+            values = per_method[name].report.macro_mean.values if name in per_method else {}
+            cells.append(_pair(values, "image_auroc", "image_ap"))
+            cells.append(_pair(values, "pixel_auroc", _aupro_key(values)))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _aupro_key(values: Mapping[str, float]) -> str:
+    return next((k for k in values if k.startswith("pixel_aupro") and "cflow" not in k), "pixel_aupro")
+
+
+def _pair(values: Mapping[str, float], first: str, second: str) -> str:
+    def cell(key: str) -> str:
+        return f"{100 * values[key]:.1f}" if key in values else "–"
+
+    return f"({cell(first)}, {cell(second)})"

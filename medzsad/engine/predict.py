@@ -1,0 +1,221 @@
+"""``medzsad predict``: anomaly maps, overlays and scores for image files, folders and scan volumes.
+
+For every 2-D image (a PNG/JPEG/TIFF, a DICOM file, each frame of a multi-frame DICOM) it writes
+``maps/<sample_id>.npz`` (float32 map at the image's own resolution), ``overlays/<sample_id>.png``
+(heat map on a fixed [0, 1] colour scale over the image) and a row of ``scores.csv``. A 3-D volume
+(NIfTI, NRRD, a DICOM series folder) is scored slice by slice and its map written back on the scan's
+own grid as ``volumes/<volume_id>_map.nii.gz``.
+
+File names and tables carry pseudonymous sample ids only; ``sample_index.local.csv`` maps them back to
+the inputs for the user and must not be shared or logged. An unreadable input is reported on one line
+and skipped; the other inputs are still processed.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from medzsad.data.errors import DataError
+from medzsad.data.ids import pseudonymous_id
+from medzsad.data.readers import detect_format, iter_image_files, read_frames
+from medzsad.data.records import Batch, Sample, collate_samples
+from medzsad.data.transforms import ClipImageTransform, map_to_original
+from medzsad.data.volumes import predict_volume, read_volume, write_nifti
+from medzsad.engine.checkpoints import atomic_write_bytes, atomic_write_text
+from medzsad.engine.evaluate import display_images
+from medzsad.engine.runtime import autocast
+from medzsad.methods.base import ZsadMethod
+from medzsad.tracking.render import MapScale, heat_rgb
+
+VOLUME_FORMATS = {"nifti", "nrrd", "itk", "dicom_series"}
+OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image
+
+
+@dataclass
+class PredictSummary:
+    """What a prediction run wrote and what it could not read."""
+
+    output_dir: Path
+    images: int = 0
+    volumes: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def _is_volume(path: Path) -> bool:
+    fmt = detect_format(path)
+    if fmt not in VOLUME_FORMATS:
+        return False
+    if fmt == "dicom_series":
+        return True
+    return min(read_volume(path).shape) > 1
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> Iterator[Path]:
+    """Files and volume folders to score: folders of images are walked, DICOM series folders kept whole."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir() and not any(p.is_dir() for p in path.iterdir()) and _holds_only_dicom(path):
+            yield path
+        elif path.is_dir():
+            yield from iter_image_files(path)
+        else:
+            yield path
+
+
+def _holds_only_dicom(folder: Path) -> bool:
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not files:
+        return False
+    try:
+        return all(detect_format(p) == "dicom" for p in files)
+    except DataError:
+        return False
+
+
+class Predictor:
+    """Runs a method on batches and writes the outputs of each image.
+
+    Args:
+        method: the model.
+        output_dir: where ``maps/``, ``overlays/``, ``volumes/`` and the CSVs go.
+        device: where to run.
+        transform: image transform (size, padding, intensity).
+        batch_size: images per forward pass.
+        precision: "fp32", "bf16" or "fp16".
+    """
+
+    def __init__(
+        self,
+        method: ZsadMethod,
+        output_dir: Path,
+        device: torch.device,
+        transform: ClipImageTransform,
+        batch_size: int = 8,
+        precision: str = "fp32",
+    ) -> None:
+        self.method = method.to(device).eval()
+        self.output_dir = Path(output_dir)
+        self.device = device
+        self.transform = transform
+        self.batch_size = batch_size
+        self.precision = precision
+        self.rows: list[str] = ["sample_id,kind,score,height,width,volume_id,slice_index"]
+        self.index_rows: list[str] = ["sample_id,source"]
+
+    def run_model(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [B], maps [B, S, S])`` for a batch."""
+        with torch.no_grad(), autocast(self.device, self.precision):
+            output = self.method.predict(batch.image.to(self.device))
+        return output.image_scores.float().cpu().numpy(), output.anomaly_maps.float().cpu().numpy()
+
+    def predict_images(self, samples: list[Sample], source: Path) -> None:
+        for start in range(0, len(samples), self.batch_size):
+            chunk = samples[start : start + self.batch_size]
+            batch = collate_samples(chunk)
+            scores, maps = self.run_model(batch)
+            pixels = display_images(batch.image)
+            for sample, score, amap, image in zip(chunk, scores, maps, pixels):
+                self._write_image_outputs(sample, float(score), amap, image, source)
+
+    def _write_image_outputs(self, sample: Sample, score: float, amap: np.ndarray, image: np.ndarray, source: Path):
+        height, width = sample.original_size
+        full = map_to_original(amap, (height, width), pad_to_square=self.transform.pad_to_square)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, anomaly_map=full, score=np.float32(score))
+        atomic_write_bytes(self.output_dir / "maps" / f"{sample.sample_id}.npz", buffer.getvalue())
+        atomic_write_bytes(self.output_dir / "overlays" / f"{sample.sample_id}.png", overlay_png(image, full))
+        self.rows.append(f"{sample.sample_id},image,{score:.8g},{height},{width},,")
+        self.index_rows.append(f"{sample.sample_id},{_quote(str(source))}")
+
+    def predict_volume(self, path: Path) -> None:
+        volume = read_volume(path)
+        volume_id = pseudonymous_id(volume.identity or str(path.resolve()))
+        slice_scores: list[tuple[int, float]] = []
+
+        def map_fn(batch: Batch) -> np.ndarray:
+            scores, maps = self.run_model(batch)
+            slice_scores.extend(zip((int(i or 0) for i in batch.slice_index), scores.tolist()))
+            return maps
+
+        map_volume = predict_volume(volume, map_fn, transform=self.transform, batch_size=self.batch_size)
+        write_nifti(map_volume, volume, self.output_dir / "volumes" / f"{volume_id}_map.nii.gz")
+        for index, score in slice_scores:
+            self.rows.append(f"{volume_id}:{index},slice,{score:.8g},,,{volume_id},{index}")
+        self.index_rows.append(f"{volume_id},{_quote(str(path))}")
+
+    def finish(self) -> None:
+        atomic_write_text(self.output_dir / "scores.csv", "\n".join(self.rows) + "\n")
+        atomic_write_text(self.output_dir / "sample_index.local.csv", "\n".join(self.index_rows) + "\n")
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> bytes:
+    """PNG bytes: the heat map (fixed [0, 1] scale) blended over the image, at the map's resolution."""
+    height, width = anomaly_map.shape
+    base = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR), dtype=np.float32)
+    heat = heat_rgb(anomaly_map, OVERLAY_SCALE).astype(np.float32)
+    blended = ((1 - alpha) * base + alpha * heat).round().clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(blended).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def samples_from_file(path: Path, transform: ClipImageTransform) -> list[Sample]:
+    """One sample per 2-D image in ``path`` (one per frame for multi-frame DICOM), without labels."""
+    samples = []
+    for frame in read_frames(path):
+        samples.append(
+            Sample(
+                image=transform(frame.array, modality=frame.modality),
+                mask=None,
+                label=-1,
+                category="",
+                sample_id=pseudonymous_id(frame.identity),
+                original_size=frame.size,
+                meta=frame.meta,
+            )
+        )
+    return samples
+
+
+def predict_paths(
+    method: ZsadMethod,
+    inputs: Iterable[str | Path],
+    output_dir: str | Path,
+    device: torch.device,
+    transform: ClipImageTransform,
+    batch_size: int = 8,
+    precision: str = "fp32",
+    report: Callable[[str], None] = print,
+) -> PredictSummary:
+    """Score every input; unreadable ones are reported (one line each) and skipped."""
+    summary = PredictSummary(Path(output_dir))
+    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision)
+    paths = list(expand_inputs(inputs))
+    if not paths:
+        raise DataError(Path(*[str(i) for i in inputs][:1] or ["."]), "no images or scans found")
+    for path in tqdm(paths, desc="predict", disable=None):
+        try:
+            if _is_volume(path):
+                predictor.predict_volume(path)
+                summary.volumes += 1
+            else:
+                samples = samples_from_file(path, transform)
+                predictor.predict_images(samples, path)
+                summary.images += len(samples)
+        except DataError as exc:
+            summary.failures.append(str(exc))
+            report(f"skipped: {exc}")
+    predictor.finish()
+    return summary

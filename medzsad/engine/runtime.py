@@ -1,0 +1,64 @@
+"""Turning a :class:`RunConfig` into a device, a backbone and a method."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from medzsad.backbone.clip import ClipBackbone, default_device
+from medzsad.engine.checkpoints import (
+    checkpoint_paths,
+    load_checkpoint,
+    load_official_checkpoint,
+)
+from medzsad.engine.config import RunConfig, method_config_for
+from medzsad.methods.base import ZsadMethod
+from medzsad.methods.registry import method_class
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; anything else is passed to ``torch.device``."""
+    return default_device() if name == "auto" else torch.device(name)
+
+
+def build_backbone(config: RunConfig) -> ClipBackbone:
+    """The frozen CLIP described by ``config.backbone``."""
+    return ClipBackbone.from_config(config.backbone)
+
+
+def is_official_checkpoint(path: str | Path) -> bool:
+    """Official releases are ``.pth``/``.pt`` files; medzsad checkpoints are safetensors + JSON."""
+    return Path(path).suffix in {".pth", ".pt", ".bin"}
+
+
+def build_method(config: RunConfig, backbone: ClipBackbone | None = None) -> ZsadMethod:
+    """The method of ``config``: from its checkpoint when one is given, freshly initialised otherwise.
+
+    Method options given in ``config.method_config`` override those stored in a medzsad checkpoint
+    (e.g. a test-time ``sigma``); the rest of the checkpoint's settings are kept.
+    """
+    backbone = backbone if backbone is not None else build_backbone(config)
+    if config.checkpoint:
+        if is_official_checkpoint(config.checkpoint):
+            return load_official_checkpoint(config.checkpoint, config.method, backbone, config.method_config)
+        return load_checkpoint(config.checkpoint, backbone, config.method, config.method_config)
+    return method_class(config.method)(backbone, method_config_for(config))
+
+
+def checkpoint_exists(path: str | Path) -> bool:
+    tensors, meta = checkpoint_paths(path)
+    return tensors.is_file() and meta.is_file()
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Mixed precision for the forward pass on GPU; fp32 (the parity reference) is a no-op."""
+    if precision == "fp32" or device.type != "cuda":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
