@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 import medzsad
 from medzsad.data.transforms import ClipImageTransform, Intensity
@@ -74,20 +75,22 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
     return DatasetSpec(_SAFE_NAME.sub("_", name).strip("_") or "dataset", location)
 
 
-def open_dataset(spec: str | Path, config: RunConfig, image_size: int, split: str | None = None):
-    """A dataset of samples from a ``meta.json`` manifest, an image folder or a folder of scans."""
-    from medzsad.data.datasets import open_dataset as open_data
+def open_dataset(spec: str | Path, config: RunConfig, image_size: int, root: str | None = None) -> Dataset:
+    """Samples from a ``meta.json`` manifest (or a folder holding one), else every image/scan of a folder.
+
+    A folder without a manifest gives unlabelled samples (prediction, or metrics that need no labels);
+    build a manifest with ``medzsad prepare`` to evaluate with labels and masks.
+    """
+    from medzsad.data.datasets import FolderDataset, ManifestDataset
 
     location = parse_dataset_spec(str(spec)).path
     if not location.exists():
         raise ConfigError(f"{location}: dataset not found")
-    return open_data(
-        location,
-        transform=make_transform(config, image_size),
-        split=split or config.data.split,
-        root=config.data.train_root,
-        slice_axis=config.data.slice_axis,
-    )
+    manifest = location / "meta.json" if location.is_dir() else location
+    transform = make_transform(config, image_size)
+    if manifest.is_file() and manifest.suffix == ".json":
+        return ManifestDataset(manifest, split=config.data.split, root=root, transform=transform)
+    return FolderDataset(location, axis=config.data.slice_axis, transform=transform)
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -211,7 +214,7 @@ def run_train(config: RunConfig, finetune: bool = False) -> TrainResult:
     method = build_method(config, backbone)
     if not method.trainable_parameters():
         raise ConfigError(f"method: {config.method} is training-free; nothing to train")
-    dataset = open_dataset(config.data.train, config, method.image_size)
+    dataset = open_dataset(config.data.train, config, method.image_size, root=config.data.train_root)
     aux = parse_dataset_spec(config.data.train).name
     purpose = Purpose.FINETUNE if finetune else Purpose.AUX_TRAIN
     with _maybe_tracked(config, purpose, method, aux, aux) as run:

@@ -33,8 +33,8 @@ class AnomalyCLIPConfig(MethodConfig):
         class_word: the object-agnostic class word ("object").
         abnormal_word: state word of the abnormal prompt ("damaged").
         dpam_start_layer: first visual block with the V-V stream (6: blocks 6-24 of ViT-L/14).
-        feature_layers: visual blocks whose V-V tokens make maps (1-indexed, negative from the end;
-            the official scripts use 24 only, see methods-spec §2.1).
+        feature_layers: visual blocks whose V-V tokens make maps (1-indexed, negative from the end).
+            Default ``[-1]``, the last block: layer 24 of ViT-L/14, the official setting (methods-spec §2.1).
         local_loss_weight: λ on focal + dice terms (4, kept from the four-copies era, §2.1).
         sigma: Gaussian smoothing of the maps (4).
     """
@@ -45,7 +45,7 @@ class AnomalyCLIPConfig(MethodConfig):
     class_word: str = "object"
     abnormal_word: str = "damaged"
     dpam_start_layer: int = 6
-    feature_layers: list[int] = field(default_factory=lambda: [24])
+    feature_layers: list[int] = field(default_factory=lambda: [-1])
     local_loss_weight: float = 4.0
 
 
