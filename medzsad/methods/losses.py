@@ -53,3 +53,13 @@ def binary_focal_loss_with_logits(
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     pt = torch.exp(-bce)
     return (alpha * (1 - pt) ** gamma * bce).mean()
+
+
+def binary_focal_loss(
+    probs: torch.Tensor, target: torch.Tensor, alpha: float = 1.0, gamma: float = 2.0
+) -> torch.Tensor:
+    """Mean binary focal loss on *probabilities* in [0, 1] (the intended use of FAPrompt's image focal term)."""
+    target = target.to(probs.dtype)
+    bce = F.binary_cross_entropy(probs, target, reduction="none")
+    pt = torch.exp(-bce)
+    return (alpha * (1 - pt) ** gamma * bce).mean()

@@ -47,11 +47,18 @@ class PromptSlots(nn.Module):
         self.register_buffer("suffix", embedding[:, 1 + n_ctx :].clone(), persistent=False)
 
     def assemble(self, context: torch.Tensor) -> torch.Tensor:
-        """Insert learned vectors: ``context [P, n_ctx, W]`` -> token embeddings ``[P, T, W]``."""
+        """Insert learned vectors: ``context [..., P, n_ctx, W]`` -> token embeddings ``[..., P, T, W]``.
+
+        ``P`` may be 1 (shared by every prompt). Leading dimensions (e.g. one context per image, for
+        image-conditioned prompts) are kept, so per-image prompt sets are built in one call.
+        """
         if context.shape[-2] != self.n_ctx:
             raise ValueError(f"expected {self.n_ctx} context vectors per prompt, got {context.shape[-2]}")
-        context = context.expand(self.prefix.shape[0], -1, -1)
-        return torch.cat([self.prefix.to(context.dtype), context, self.suffix.to(context.dtype)], dim=1)
+        lead = tuple(context.shape[:-3])
+        context = context.expand(*lead, self.prefix.shape[0], -1, -1)
+        prefix = self.prefix.to(context.dtype).expand(*lead, -1, -1, -1)
+        suffix = self.suffix.to(context.dtype).expand(*lead, -1, -1, -1)
+        return torch.cat([prefix, context, suffix], dim=-2)
 
 
 def placeholder_prompt(n_ctx: int, words: str, placeholder: str = "X") -> str:
