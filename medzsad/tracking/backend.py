@@ -6,22 +6,58 @@ it live during a run and later when a spooled run is uploaded, so both give the 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import socket
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from medzsad.tracking.config import Purpose, TrackingConfig
 
-__all__ = ["MlflowBackend", "redact_uri"]
+__all__ = ["MlflowBackend", "quiet_mlflow", "redact_uri"]
 
 # MLflow's LogBatch limits per request.
 _MAX_PARAMS = 100
 _MAX_TAGS = 100
 _MAX_METRICS = 1000
+
+
+class _QuietWhileCalling(logging.Filter):
+    """Drops MLflow's own error tracebacks while this thread is inside a backend call.
+
+    A locked store makes MLflow log a full traceback before raising; the run already reports
+    the failure in one line and carries on, so the traceback is noise there. Other threads and
+    other MLflow use are untouched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "active", False)
+
+
+_QUIET = _QuietWhileCalling()
+_NOISY_LOGGERS = ("mlflow.store.db.utils", "mlflow.utils.rest_utils", "mlflow.tracking._tracking_service.client")
+for _name in _NOISY_LOGGERS:
+    logging.getLogger(_name).addFilter(_QUIET)
+
+
+@contextlib.contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """Silence MLflow's error logging in this thread for the duration of a call."""
+    previous = getattr(_QUIET.local, "active", False)
+    _QUIET.local.active = True
+    try:
+        yield
+    finally:
+        _QUIET.local.active = previous
 
 
 def redact_uri(uri: str) -> str:

@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 
 import medzsad
-from medzsad.tracking.backend import MlflowBackend, now_ms, redact_uri
+from medzsad.tracking.backend import MlflowBackend, now_ms, quiet_mlflow, redact_uri
 from medzsad.tracking.config import Purpose, TrackingConfig
 from medzsad.tracking.params import config_hash, is_allowed_key, param_value, select_params
 from medzsad.tracking.phi import PHIError, guard_mapping, phi_guard, scrub_tree
@@ -80,6 +80,7 @@ class TrackedRun:
         self._backend: MlflowBackend | None = None
         self._scales: dict[str, MapScale] = {}
         self._n_tables = 0
+        self._n_reviews = 0
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -94,8 +95,10 @@ class TrackedRun:
 
     def _connect(self, run_name: str) -> None:
         try:
-            self._backend = MlflowBackend(self.config)
-            self.run_id = self._backend.start_run(self.purpose, run_name, self.spool.read_meta()["start_ms"])
+            with quiet_mlflow():
+                self._backend = MlflowBackend(self.config)
+                start_ms = self.spool.read_meta()["start_ms"]
+                self.run_id = self._backend.start_run(self.purpose, run_name, start_ms)
             if self.config.system_metrics:
                 self._backend.start_system_metrics(self.run_id)
         except ImportError:
@@ -127,7 +130,8 @@ class TrackedRun:
         if self._backend is None or self.run_id is None:
             return
         try:
-            self._backend.apply(self.run_id, op, self.spool.files)
+            with quiet_mlflow():
+                self._backend.apply(self.run_id, op, self.spool.files)
         except Exception as exc:
             self._go_offline(exc)
 
@@ -136,7 +140,8 @@ class TrackedRun:
         self.spool.update_meta(status=status, end_ms=now_ms())
         if self._backend is not None and self.run_id is not None:
             try:
-                self._backend.end_run(self.run_id, status)
+                with quiet_mlflow():
+                    self._backend.end_run(self.run_id, status)
             except Exception as exc:
                 self._go_offline(exc)
         if self._backend is not None:
@@ -302,36 +307,22 @@ class TrackedRun:
             scale = MapScale.from_maps(s.anomaly_map for s in samples)
         self._scales[dataset] = scale
         selector = ReviewSelector(panel_size, worst_k, image_threshold)
-        columns: dict[str, list[Any]] = {
-            k: [] for k in ("sample_id", "category", "score", "label", "decision", "outcome", "overlay")
-        }
-        seen: set[str] = set()
-        for sample in samples:
-            sample_id = self._check_sample(sample, seen)
-            category = _safe_name(sample.category, "category")
-            overlay = f"overlays/{dataset}/{category}/{sample_id}.png"
-            tile = self._tile(sample, scale, pixel_threshold, selector, overlay_side)
-            _save_png(tile, self.spool.stage(overlay))
-            decision = selector.decision(sample.score)
-            for key, value in zip(
-                columns,
-                (
-                    sample_id,
-                    category,
-                    float(sample.score),
-                    int(sample.label),
-                    decision,
-                    _outcome(int(sample.label), decision),
-                    overlay,
-                ),
-            ):
-                columns[key].append(value)
-            selector.offer(sample)
-
-        summary = ReviewSummary(dataset=dataset, n_samples=len(seen), scale=(scale.vmin, scale.vmax))
-        if seen:
+        # Each call stages into its own folder, removed if the call fails (e.g. a refused
+        # burned-in sample), so a later call never uploads overlays left over from this one.
+        self._n_reviews += 1
+        staging = self.spool.stage(f"_reviews/{self._n_reviews:03d}/x").parent
+        try:
+            columns, n_samples = self._render_overlays(
+                samples, dataset, scale, pixel_threshold, selector, overlay_side, staging
+            )
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        summary = ReviewSummary(dataset=dataset, n_samples=n_samples, scale=(scale.vmin, scale.vmax))
+        if n_samples:
             summary.overlay_dir = f"overlays/{dataset}"
-            self._emit({"op": "artifacts", "dir": summary.overlay_dir, "artifact_path": summary.overlay_dir})
+            relative = staging.relative_to(self.spool.files).as_posix()
+            self._emit({"op": "artifacts", "dir": relative, "artifact_path": summary.overlay_dir})
             summary.table_file = f"review/{dataset}/index.json"
             self._log_table(columns, summary.table_file)
         for name, chosen, ids in (
@@ -344,6 +335,36 @@ class TrackedRun:
                 self._log_image(tile, f"review/{dataset}/{name}", step)
                 ids.append(sample.sample_id)
         return summary
+
+    def _render_overlays(
+        self,
+        samples: Iterable[ReviewSample],
+        dataset: str,
+        scale: MapScale,
+        pixel_threshold: float,
+        selector: ReviewSelector,
+        side: int,
+        staging: Path,
+    ) -> tuple[dict[str, list[Any]], int]:
+        """Render every sample's tile into ``staging/<category>/<id>.png``; return the index table."""
+        columns: dict[str, list[Any]] = {
+            k: [] for k in ("sample_id", "category", "score", "label", "decision", "outcome", "overlay")
+        }
+        seen: set[str] = set()
+        for sample in samples:
+            sample_id = self._check_sample(sample, seen)
+            category = _safe_name(sample.category, "category")
+            (staging / category).mkdir(exist_ok=True)
+            _save_png(
+                self._tile(sample, scale, pixel_threshold, selector, side), staging / category / f"{sample_id}.png"
+            )
+            label, decision = int(sample.label), selector.decision(sample.score)
+            row = (sample_id, category, float(sample.score), label, decision, _outcome(label, decision),
+                   f"overlays/{dataset}/{category}/{sample_id}.png")  # fmt: skip
+            for key, value in zip(columns, row):
+                columns[key].append(value)
+            selector.offer(sample)
+        return columns, len(seen)
 
     def _check_sample(self, sample: ReviewSample, seen: set[str]) -> str:
         if sample.burned_in_text and not self.config.deidentified:

@@ -1,0 +1,225 @@
+"""A tracked run in a real SQLite store: tags, params, metrics, figures, checkpoint, review."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from medzsad.tracking import (
+    Curve,
+    PHIError,
+    ReviewSample,
+    TrackingConfig,
+    load_checkpoint_from_run,
+    tracked_run,
+)
+
+from .helpers import CONFIG_DICT, RUN_KWARGS, all_artifacts, make_samples
+
+
+def test_run_has_tags_allowed_params_and_config_artifact(tracking_config: TrackingConfig, client) -> None:
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict=CONFIG_DICT, **RUN_KWARGS) as run:
+        run.log_params({"eval.aupro_variant": "mvtec", "eval.fpr_limit": 0.3})
+        with pytest.raises(ValueError, match="allow-list"):
+            run.log_params({"data.root": "x"})
+        with pytest.raises(TypeError):
+            run.log_params({"eval.metric": object()})
+    assert not run.offline and not run.spool_path.exists(), "the spool is removed after a good run"
+
+    logged = client.get_run(run.run_id)
+    assert logged.info.status == "FINISHED"
+    assert client.get_experiment(logged.info.experiment_id).name == "medzsad/zero-shot-eval"
+    tags = logged.data.tags
+    for key, value in RUN_KWARGS.items():
+        assert tags[key] == value
+    assert len(tags["config_hash"]) == 64 and tags["phi_guard"] == "on"
+    assert tags["mlflow.runName"] == f"anomalyclip-brainmri-{tags['config_hash'][:8]}"
+    params = logged.data.params
+    assert params["method.features"] == "[6, 12, 18, 24]" and params["eval.aupro_variant"] == "mvtec"
+    assert not any("root" in k or "optimizer_obj" in k or k.startswith("logging") for k in params)
+
+    resolved = yaml.safe_load(Path(client.download_artifacts(run.run_id, "config/resolved.yaml")).read_text())
+    assert resolved["data"]["root"] == "<redacted>" and resolved["method"]["depth"] == 9
+    # Artifacts land in the configured local folder, not in ./mlruns.
+    assert logged.info.artifact_uri.startswith((tracking_config.artifact_location / "zero-shot-eval").as_uri())
+
+
+def test_training_curves_eval_metrics_and_curve_figures(tracking_config: TrackingConfig, client) -> None:
+    with tracked_run(tracking_config, "aux-train", config_dict=CONFIG_DICT, **RUN_KWARGS) as run:
+        for epoch in range(3):
+            run.log_epoch(epoch, {"loss": 1.0 / (epoch + 1), "focal": 0.5, "dice": 0.25})
+        run.log_eval(
+            {
+                "brain": {"image_auroc": 0.91, "pixel_aupro": 0.7},
+                "head": {"image_auroc": 0.85, "pixel_aupro": float("nan")},
+                "mean": {"image_auroc": 0.88, "pixel_aupro": 0.7},
+            }
+        )
+        x = np.linspace(0, 1, 50)
+        for kind in ("roc", "pr", "pro"):
+            run.log_curves(kind, {"brain": Curve(x, np.sqrt(x), 0.9), "head": (x, x)}, level="pixel")
+
+    history = client.get_metric_history(run.run_id, "train/loss")
+    assert [(m.step, round(m.value, 3)) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.333)]
+    metrics = client.get_run(run.run_id).data.metrics
+    assert metrics["brain/image_auroc"] == pytest.approx(0.91)
+    assert metrics["head/image_auroc"] == pytest.approx(0.85)
+    assert metrics["image_auroc"] == pytest.approx(0.88) and "mean/image_auroc" not in metrics
+    assert np.isnan(metrics["head/pixel_aupro"])
+    assert {"train/focal", "train/dice"} <= set(metrics)
+
+    artifacts = all_artifacts(client, run.run_id)
+    for kind in ("roc", "pr", "pro"):
+        assert f"curves/pixel_{kind}.png" in artifacts
+    table = json.loads(Path(client.download_artifacts(run.run_id, "eval/metrics.json")).read_text())
+    assert table["columns"][:2] == ["category", "step"]
+    assert [row[0] for row in table["data"]] == ["brain", "head", "mean"]
+
+
+def test_checkpoint_round_trip_through_a_run_id(tracking_config: TrackingConfig, tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    weights = tmp_path / "prompt.safetensors"
+    save_file({"ctx": np.ones((4, 8), dtype=np.float32)}, weights, metadata={"method": "anomalyclip"})
+    metadata = tmp_path / "prompt.json"
+    metadata.write_text(json.dumps({"method": "anomalyclip", "backbone": "ViT-L-14-336"}))
+    with tracked_run(tracking_config, "aux-train", config_dict={}, **RUN_KWARGS) as run:
+        run.log_checkpoint(weights, metadata)
+
+    files = load_checkpoint_from_run(run.run_id, tracking_config, tmp_path / "restored")
+    assert files.weights.read_bytes() == weights.read_bytes()
+    assert json.loads(files.metadata.read_text())["backbone"] == "ViT-L-14-336"
+
+    # Metadata naming a source path is refused before anything is uploaded.
+    metadata.write_text(json.dumps({"trained_on": "/data/hospital/brain"}))
+    with (
+        tracked_run(tracking_config, "aux-train", config_dict={}, **RUN_KWARGS) as run2,
+        pytest.raises(PHIError, match="checkpoint metadata"),
+    ):
+        run2.log_checkpoint(weights, metadata)
+
+
+def test_review_panel_worst_cases_overlays_and_index(tracking_config: TrackingConfig, client) -> None:
+    samples = make_samples(12)
+    # One confident false positive and one missed anomaly.
+    samples[0] = ReviewSample(**{**samples[0].__dict__, "score": 0.95})
+    samples[1] = ReviewSample(**{**samples[1].__dict__, "score": 0.05})
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        summary = run.log_review(
+            iter(samples), "brainmri", image_threshold=0.5, pixel_threshold=0.4, panel_size=6, worst_k=3
+        )
+
+    assert summary.n_samples == 12 and len(summary.panel_ids) == 6
+    assert summary.false_positive_ids == [samples[0].sample_id]
+    assert summary.false_negative_ids == [samples[1].sample_id]
+    by_id = {s.sample_id: s for s in samples}
+    assert sum(by_id[i].label for i in summary.panel_ids) == 3, "the panel is half anomalous"
+
+    artifacts = all_artifacts(client, run.run_id)
+    overlays = [a for a in artifacts if a.startswith("overlays/brainmri/")]
+    assert len(overlays) == 12
+    images = [a for a in artifacts if a.startswith("images/") and a.endswith(".png") and "compressed" not in a]
+    panel = [a for a in images if a.startswith("images/review~brainmri~panel+step+")]
+    assert len(panel) == 6
+    assert sum("false_positives" in a for a in images) == 1 and sum("false_negatives" in a for a in images) == 1
+
+    index = json.loads(Path(client.download_artifacts(run.run_id, "review/brainmri/index.json")).read_text())
+    assert index["columns"] == ["sample_id", "category", "score", "label", "decision", "outcome", "overlay"]
+    rows = {row[0]: row for row in index["data"]}
+    assert rows[samples[0].sample_id][4:6] == [1, "FP"]
+    assert rows[samples[1].sample_id][4:6] == [0, "FN"]
+    assert all(row[6] in overlays for row in index["data"])
+    logged_tables = json.loads(client.get_run(run.run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "review/brainmri/index.json", "type": "table"} in logged_tables
+
+
+def test_review_heat_maps_share_one_scale(tracking_config: TrackingConfig, client) -> None:
+    """A normal image with low scores renders dim in the logged overlay, not saturated."""
+    samples = make_samples(4)
+    normal = next(s for s in samples if s.label == 0)
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        summary = run.log_review(samples, "brainmri", image_threshold=0.5, pixel_threshold=0.4, overlay_side=64)
+    assert summary.scale[1] > 0.6
+    path = client.download_artifacts(run.run_id, f"overlays/brainmri/{normal.category}/{normal.sample_id}.png")
+    tile = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
+    heat_panel = tile[18 + 14 : 18 + 64, 2 * 66 : 2 * 66 + 64]  # below the panel label
+    assert heat_panel.mean() < 40, f"normal heat map should be dim, mean brightness {heat_panel.mean():.0f}"
+
+
+def test_burned_in_overlays_are_refused_unless_deidentified(tracking_config: TrackingConfig, client) -> None:
+    samples = make_samples(4)
+    samples[2] = ReviewSample(**{**samples[2].__dict__, "burned_in_text": True})
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        with pytest.raises(PHIError, match="burned-in"):
+            run.log_review(samples, "thyroid", image_threshold=0.5, pixel_threshold=0.4)
+        with pytest.raises(PHIError, match="burned-in"):
+            run.log_volume_figure(
+                np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 8), np.float32), None, "v1", burned_in_text=True
+            )
+    assert not any(a.startswith(("overlays/", "images/")) for a in all_artifacts(client, run.run_id))
+
+    tracking_config.deidentified = True
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        summary = run.log_review(samples, "thyroid", image_threshold=0.5, pixel_threshold=0.4)
+    assert summary.n_samples == 4
+    assert client.get_run(run.run_id).data.tags["deidentified"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("target_dataset", "/data/hospital/brain"),
+        ("aux_data", "1.2.840.113619.2.55.3.604688119"),
+        ("code_version", "exported 2021-03-15"),
+    ],
+)
+def test_identifying_tags_stop_the_run_before_it_starts(
+    tracking_config: TrackingConfig, client, field: str, value: str
+) -> None:
+    with (
+        pytest.raises(PHIError),
+        tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **{**RUN_KWARGS, field: value}),
+    ):
+        pass
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_identifying_sample_ids_and_metric_names_are_refused(tracking_config: TrackingConfig) -> None:
+    samples = make_samples(2)
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        bad = ReviewSample(**{**samples[0].__dict__, "sample_id": "1.2.840.10008.5.1.4.1.1.2"})
+        with pytest.raises(PHIError, match="sample_id"):
+            run.log_review([bad], "brainmri", image_threshold=0.5, pixel_threshold=0.4)
+        with pytest.raises(PHIError, match="metric name"):
+            run.log_eval({"20210315": {"image_auroc": 0.5}})
+        with pytest.raises(PHIError, match="tag"):
+            run.set_tags({"source": "/mnt/pacs/study"})
+
+
+def test_volume_figure_is_logged(tracking_config: TrackingConfig, client) -> None:
+    rng = np.random.default_rng(1)
+    volume = rng.normal(size=(6, 32, 32)).astype(np.float32)
+    vmap = np.zeros((6, 32, 32), np.float32)
+    vmap[3, 8:16, 8:16] = 0.9
+    mask = vmap > 0.5
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        path = run.log_volume_figure(volume, vmap, mask, "vol-001", dataset_name="brainmri")
+    assert path == "volumes/brainmri/vol-001.png"
+    assert path in all_artifacts(client, run.run_id)
+
+
+def test_failed_block_marks_the_run_failed(tracking_config: TrackingConfig, client) -> None:
+    with pytest.raises(RuntimeError), tracked_run(tracking_config, "finetune", config_dict={}, **RUN_KWARGS) as run:
+        raise RuntimeError("boom")
+    assert client.get_run(run.run_id).info.status == "FAILED"
+
+
+def test_file_store_uris_are_rejected(tmp_path: Path) -> None:
+    for uri in (str(tmp_path / "mlruns"), (tmp_path / "mlruns").as_uri()):
+        with pytest.raises(ValueError, match="file store"):
+            TrackingConfig(tracking_uri=uri)
