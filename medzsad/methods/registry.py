@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from medzsad.methods.anomalyclip import AnomalyCLIP
 from medzsad.methods.base import ZsadMethod
+from medzsad.methods.faprompt import FAPrompt
 
-METHODS: dict[str, type[ZsadMethod]] = {AnomalyCLIP.name: AnomalyCLIP}
+METHODS: dict[str, type[ZsadMethod]] = {cls.name: cls for cls in (AnomalyCLIP, FAPrompt)}
 
 
 def method_class(name: str) -> type[ZsadMethod]:
