@@ -73,7 +73,7 @@ class Record:
     def from_json(cls, item: dict[str, Any], where: str = "") -> Record:
         if not isinstance(item, dict):
             raise ValueError(f"{where}: a record must be an object, got {type(item).__name__}")
-        missing = [k for k in _REQUIRED if k not in item and k != "mask_path"]
+        missing = [k for k in ("img_path", "cls_name", "anomaly") if k not in item]
         if missing:
             raise ValueError(f"{where}: record lacks {', '.join(missing)}")
         anomaly = item["anomaly"]

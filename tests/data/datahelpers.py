@@ -31,3 +31,57 @@ def with_pixel_data(paths: list[Path]) -> list[tuple[Path, pydicom.Dataset]]:
         if any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             found.append((path, ds))
     return found
+
+
+# ------------------------------------------------------------------ raw dataset layouts for prepare tests
+
+import itertools  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+_SIZE = (16, 72)  # (H, W)
+
+
+class Painter:
+    """Writes images whose grey level encodes an id, and masks whose width encodes the same id, so a
+    test can check from the pixels alone that each image got its own mask."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+
+    def image(self, path: Path, *, rgb: bool = True) -> int:
+        ident = next(self._ids)
+        value = np.full(_SIZE, 8 * ident, dtype=np.uint8)
+        array = np.stack([value] * 3, axis=-1) if rgb else value
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path, **({"quality": 100} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
+        return ident
+
+    @staticmethod
+    def mask(path: Path, ident: int) -> None:
+        mask = np.zeros(_SIZE, dtype=np.uint8)
+        mask[:, : 2 * ident] = 255
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(path, **({"quality": 100} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
+
+    def pair(self, image: Path, mask: Path | None) -> int:
+        ident = self.image(image)
+        if mask is not None:
+            self.mask(mask, ident)
+        return ident
+
+
+def image_id(path: Path) -> int:
+    """The id painted into an image by :class:`Painter`."""
+    from medzsad.data.readers import read_image
+
+    return round(float(np.mean(read_image(path).array)) / 8.0)
+
+
+def mask_id(path: Path) -> int:
+    """The id painted into a mask (JPEG masks may bleed a few columns; the lower bound is exact)."""
+    from medzsad.data.readers import read_mask
+
+    columns = int(read_mask(path).any(axis=0).sum())
+    return columns // 2

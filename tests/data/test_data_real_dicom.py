@@ -7,11 +7,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from datahelpers import real_dicom_files, with_pixel_data
 
 from medzsad.data.errors import DataError, MissingDecoderError, NotAnImageError
 from medzsad.data.readers import read_frames
-
-from datahelpers import real_dicom_files, with_pixel_data
 
 pytest.importorskip("data_store", reason="pydicom-data is not installed")
 
