@@ -30,7 +30,9 @@ def pixel_metrics_from_data(
     data: PixelData, fpr_limit: float = 0.3, include_cflow200: bool = False
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Pixel metrics from a consolidated statistic; one set of binary searches serves all of them."""
-    values, undefined, levels = ranking_metrics(data.normal_sorted, data.anomalous_descending, "pixel", "pixels")
+    values, undefined, levels = ranking_metrics(
+        data.scores_sorted, data.anomalous_descending, "pixel", "pixels", positives_included=True
+    )
     exact_name = aupro_name(fpr_limit, MVTEC_EXACT)
     reason = aupro_undefined_reason(data)
     if reason:

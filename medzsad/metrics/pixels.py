@@ -3,15 +3,17 @@
 What any threshold-based pixel metric (AUROC, AP, F1-max, AUPRO, the 200-threshold compat AUPRO)
 needs from a category is:
 
-* the multiset of normal-pixel scores (mask == 0), kept as one array sorted ascending;
+* the multiset of all pixel scores, kept as one array sorted ascending (normal-pixel counts are these
+  minus the anomalous ones, so the normal pixels never have to be separated out: a boolean compress
+  of every pixel costs several times a plain copy);
 * per anomalous pixel: its score and the size of the 8-connected ground-truth region it belongs to
   (its PRO weight is 1 / size); regions are labelled per image when the image is added;
 * the number of regions.
 
-Why the normal scores are kept as a sorted array rather than as (distinct value, count) pairs: float
-maps have almost only distinct values, so pairs would cost 3x the bytes of the values themselves; the
-sorted multiset is the same information at 1x, and merging shards is concatenation. Tie-heavy maps are
-stored run-length encoded in :meth:`PixelStatistics.state_dict` when that is smaller.
+Why a sorted array rather than (distinct value, count) pairs: float maps have almost only distinct
+values, so pairs would cost 3x the bytes of the values themselves; the sorted multiset is the same
+information at 1x, and merging shards is concatenation. Tie-heavy maps are stored run-length encoded
+in :meth:`PixelStatistics.state_dict` when that is smaller.
 """
 
 from __future__ import annotations
@@ -27,42 +29,49 @@ from medzsad.metrics._validate import as_binary_masks, check_maps, check_same_sh
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Size of the 8-connected region of every anomalous pixel of a 2-D bool mask (row-major order)."""
+def anomalous_pixels(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scores of the anomalous pixels of one 2-D map, the size of each one's 8-connected region, and
+    the number of regions (pixels in row-major order)."""
+    # Work on the bounding box of the anomalous pixels only; row-major order inside it is the same.
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    mask = mask[box]
     labels, num_regions = ndimage.label(mask, structure=EIGHT_CONNECTED)
     sizes = np.bincount(labels.ravel(), minlength=num_regions + 1)
-    return sizes[labels[mask]].astype(np.int64), int(num_regions)
+    return scores[box][mask], sizes[labels[mask]].astype(np.int64), int(num_regions)
 
 
 @dataclass(frozen=True)
 class PixelData:
     """Consolidated statistic: ready to compute metrics from.
 
-    ``normal_sorted``: ascending scores of all normal pixels. ``anomalous_descending``: anomalous scores
-    in descending order, ties ordered by region size so the order (and every float sum over it) does not
-    depend on the order in which images or shards arrived. ``anomalous_region_sizes``: aligned with it.
+    ``scores_sorted``: ascending scores of all pixels (normal and anomalous). ``anomalous_descending``:
+    anomalous scores in descending order, ties ordered by region size so the order (and every float sum
+    over it) does not depend on the order in which images or shards arrived.
+    ``anomalous_region_sizes``: aligned with it.
     """
 
-    normal_sorted: np.ndarray
+    scores_sorted: np.ndarray
     anomalous_descending: np.ndarray
     anomalous_region_sizes: np.ndarray
     num_regions: int
 
     @property
-    def num_normal(self) -> int:
-        return int(self.normal_sorted.size)
-
-    @property
     def num_anomalous(self) -> int:
         return int(self.anomalous_descending.size)
+
+    @property
+    def num_normal(self) -> int:
+        return int(self.scores_sorted.size) - self.num_anomalous
 
 
 class PixelStatistics:
     """Accumulates the pixel statistic of one category over batches, shards and processes."""
 
     def __init__(self) -> None:
-        self._normal_chunks: list[np.ndarray] = []
-        self._normal_is_sorted = True
+        self._score_chunks: list[np.ndarray] = []
+        self._scores_are_sorted = True
         self._anomalous_chunks: list[np.ndarray] = []
         self._size_chunks: list[np.ndarray] = []
         self.num_regions = 0
@@ -81,78 +90,68 @@ class PixelStatistics:
         binary = as_binary_masks(masks, where.replace("maps", "masks"))
         if maps.ndim == 2:
             maps, binary = maps[None], binary[None]
-        self._normal_chunks.append(maps[~binary])
-        self._normal_is_sorted = False
-        self._anomalous_chunks.append(maps[binary])
-        self._size_chunks.append(self._region_sizes(binary))
+        self._score_chunks.append(np.copy(maps, order="C").reshape(-1))  # owned: sorted in place later
+        self._scores_are_sorted = False
+        for index in np.flatnonzero(binary.reshape(binary.shape[0], -1).any(axis=1)):
+            scores, sizes, regions = anomalous_pixels(maps[index], binary[index])
+            self._anomalous_chunks.append(scores)
+            self._size_chunks.append(sizes)
+            self.num_regions += regions
         self._consolidated = None
         return binary
 
-    def _region_sizes(self, masks: np.ndarray) -> np.ndarray:
-        sizes = []
-        for index in np.flatnonzero(masks.reshape(masks.shape[0], -1).any(axis=1)):
-            per_pixel, regions = label_regions(masks[index])
-            sizes.append(per_pixel)
-            self.num_regions += regions
-        return np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
-
     def merge(self, other: PixelStatistics) -> None:
         """Add another accumulator's pixels (it is left unchanged; arrays are shared, not copied)."""
-        self._normal_chunks.extend(other._normal_chunks)
-        self._normal_is_sorted = len(self._normal_chunks) <= 1 and other._normal_is_sorted
+        self._score_chunks.extend(other._score_chunks)
+        self._scores_are_sorted = len(self._score_chunks) <= 1 and other._scores_are_sorted
         self._anomalous_chunks.extend(other._anomalous_chunks)
         self._size_chunks.extend(other._size_chunks)
         self.num_regions += other.num_regions
         self._consolidated = None
 
-    @property
-    def empty(self) -> bool:
-        return not self._normal_chunks
-
     def consolidate(self) -> PixelData:
-        """Sort everything once and keep only the sorted arrays (peak: 2x the normal pixels)."""
+        """Sort everything once and keep only the sorted arrays (peak: 2x the scores with many chunks)."""
         if self._consolidated is not None:
             return self._consolidated
-        chunks = [*self._normal_chunks, *self._anomalous_chunks]
-        dtype = np.result_type(*chunks) if chunks else np.dtype(np.float64)
-        normal = _concatenate(self._normal_chunks, dtype)
-        if not self._normal_is_sorted:
-            normal.sort()  # in place: values only, far cheaper than an argsort
+        dtype = _common_dtype(self._score_chunks)
+        scores = _concatenate(self._score_chunks, dtype)
+        if not self._scores_are_sorted:
+            scores.sort()  # in place, values only: far cheaper than an argsort
         anomalous = _concatenate(self._anomalous_chunks, dtype)
-        sizes = _concatenate(self._size_chunks, np.int64)
+        sizes = _concatenate(self._size_chunks, np.dtype(np.int64))
         # Canonical order: score descending, then region size descending, so shard order is irrelevant.
         order = np.lexsort((sizes, anomalous))[::-1]
         anomalous, sizes = anomalous[order], sizes[order]
-        self._normal_chunks, self._normal_is_sorted = [normal], True
+        self._score_chunks, self._scores_are_sorted = [scores], True
         self._anomalous_chunks, self._size_chunks = [anomalous], [sizes]
-        self._consolidated = PixelData(normal, anomalous, sizes, self.num_regions)
+        self._consolidated = PixelData(scores, anomalous, sizes, self.num_regions)
         return self._consolidated
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Plain arrays (for ``np.savez``); normal scores run-length encoded when that halves the size."""
+        """Plain arrays (for ``np.savez``); scores run-length encoded when that halves their size."""
         data = self.consolidate()
         state = {
             "anomalous_scores": data.anomalous_descending,
             "anomalous_region_sizes": data.anomalous_region_sizes,
             "num_regions": np.asarray(data.num_regions, dtype=np.int64),
         }
-        run_length = _run_length_if_smaller(data.normal_sorted)
+        run_length = _run_length_if_smaller(data.scores_sorted)
         if run_length is None:
-            state["normal_scores"] = data.normal_sorted
+            state["scores"] = data.scores_sorted
         else:
-            state["normal_values"], state["normal_counts"] = run_length
+            state["score_values"], state["score_counts"] = run_length
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, np.ndarray]) -> PixelStatistics:
         statistics = cls()
-        if "normal_scores" in state:
-            normal = np.asarray(state["normal_scores"])
+        if "scores" in state:
+            scores = np.asarray(state["scores"])
         else:
-            normal = np.repeat(np.asarray(state["normal_values"]), np.asarray(state["normal_counts"]))
-        if normal.size > 1 and not np.all(normal[1:] >= normal[:-1]):
-            normal = np.sort(normal)  # a copy: never reorder the caller's arrays
-        statistics._normal_chunks = [normal]
+            scores = np.repeat(np.asarray(state["score_values"]), np.asarray(state["score_counts"]))
+        if scores.size > 1 and not np.all(scores[1:] >= scores[:-1]):
+            scores = np.sort(scores)  # a copy: never reorder the caller's arrays
+        statistics._score_chunks = [scores]
         statistics._anomalous_chunks = [np.asarray(state["anomalous_scores"])]
         statistics._size_chunks = [np.asarray(state["anomalous_region_sizes"], dtype=np.int64)]
         statistics.num_regions = int(state["num_regions"])
@@ -170,6 +169,14 @@ def pixel_data(maps: np.ndarray | list[np.ndarray], masks: np.ndarray | list[np.
         for index, (one_map, one_mask) in enumerate(zip(maps, masks, strict=True)):
             statistics.add(np.asarray(one_map), one_mask, where=f"maps[{index}]")
     return statistics.consolidate()
+
+
+def _common_dtype(chunks: list[np.ndarray]) -> np.dtype:
+    # Empty chunks (e.g. from an empty shard) must not promote float32 data to float64.
+    non_empty = [chunk.dtype for chunk in chunks if chunk.size]
+    if non_empty:
+        return np.result_type(*non_empty)
+    return chunks[0].dtype if chunks else np.dtype(np.float64)
 
 
 def _concatenate(chunks: list[np.ndarray], dtype: np.dtype) -> np.ndarray:

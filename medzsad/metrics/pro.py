@@ -86,7 +86,7 @@ def aupro_from_data(data: PixelData, fpr_limit: float = 0.3, levels: RankLevels 
     if reason:
         raise UndefinedMetricError(aupro_name(limit, MVTEC_EXACT), reason)
     if levels is None:
-        levels = rank_levels(data.normal_sorted, data.anomalous_descending)
+        levels = rank_levels(data.scores_sorted, data.anomalous_descending, positives_included=True)
     fpr, pro = _exact_pro_curve(data, levels)
     value, fpr_clipped, pro_clipped = _trapezoid_up_to(fpr, pro, limit)
     return AuproResult(float(value / limit), fpr_clipped, pro_clipped, limit, MVTEC_EXACT)
@@ -138,9 +138,10 @@ def aupro_cflow200_from_data(data: PixelData, fpr_limit: float = 0.3, num_steps:
     thresholds = _cflow_thresholds(data, num_steps)
     if thresholds is None:
         raise UndefinedMetricError(aupro_name(limit, CFLOW200_COMPAT), "constant maps (max == min)")
-    false_positives = _count_greater(data.normal_sorted, thresholds)
+    anomalous_above = _count_greater(data.anomalous_descending[::-1], thresholds)
+    false_positives = _count_greater(data.scores_sorted, thresholds) - anomalous_above
     fprs = false_positives / data.num_normal
-    pros = _pro_above(data, thresholds)
+    pros = _pro_above(data, anomalous_above)
     keep = fprs < limit
     if np.count_nonzero(keep) < 2:
         raise UndefinedMetricError(
@@ -156,20 +157,21 @@ def aupro_cflow200_from_data(data: PixelData, fpr_limit: float = 0.3, num_steps:
 
 
 def _cflow_thresholds(data: PixelData, num_steps: int) -> np.ndarray | None:
-    normal, anomalous = data.normal_sorted, data.anomalous_descending
     # Bounds as scalars of the map dtype (the original takes amaps.min() and amaps.max()).
-    lowest = min(normal[0], anomalous[-1])
-    highest = max(normal[-1], anomalous[0])
+    lowest, highest = data.scores_sorted[0], data.scores_sorted[-1]
     if highest == lowest:
         return None
     return np.arange(lowest, highest, (highest - lowest) / num_steps)
 
 
-def _pro_above(data: PixelData, thresholds: np.ndarray) -> np.ndarray:
-    """Mean over regions of the fraction of the region scoring ``> threshold``, per threshold."""
+def _pro_above(data: PixelData, anomalous_above: np.ndarray) -> np.ndarray:
+    """Mean over regions of the fraction of the region scoring above each threshold.
+
+    ``anomalous_above[i]``: number of anomalous pixels above threshold ``i``, i.e. the leading part of
+    the descending anomalous pixels.
+    """
     pro_mass = np.concatenate(([0.0], np.cumsum(1.0 / data.anomalous_region_sizes)))
-    num_above = _count_greater(data.anomalous_descending[::-1], thresholds)
-    return pro_mass[num_above] / data.num_regions
+    return pro_mass[anomalous_above] / data.num_regions
 
 
 def _count_greater(sorted_values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 Every curve of a binary ranking only changes direction at distinct positive scores, so all three metrics
 follow from, for each distinct positive score ``t``: how many positives score ``t``, how many
-negatives score ``> t`` and ``>= t``. The negatives are sorted once (values only, which is far cheaper
-than an argsort); each distinct positive score is then a binary search. Counts are int64, so nothing
+negatives score ``> t`` and ``>= t``. The scores are sorted once (values only, which is far cheaper
+than an argsort); each distinct positive score is then one binary search. Counts are int64, so nothing
 saturates at 2**24 the way a float32 accumulator does.
 """
 
@@ -41,30 +41,55 @@ class RankLevels:
         return np.diff(self.positives_at_or_above, prepend=0)
 
 
-def rank_levels(negatives_sorted: np.ndarray, positives_descending: np.ndarray) -> RankLevels:
+def rank_levels(
+    sorted_scores: np.ndarray, positives_descending: np.ndarray, positives_included: bool = False
+) -> RankLevels:
     """Counts at each distinct positive score.
 
-    ``negatives_sorted`` is ascending, ``positives_descending`` descending; both of the same dtype.
+    ``sorted_scores`` is ascending and holds the negatives, plus every positive when
+    ``positives_included`` (pixels: sorting all pixel values is far cheaper than first separating the
+    normal ones, and the positives are then subtracted by count). ``positives_descending`` is descending.
     """
     num_positives = positives_descending.size
     is_last_of_group = np.ones(num_positives, dtype=bool)
     np.not_equal(positives_descending[1:], positives_descending[:-1], out=is_last_of_group[:-1])
     group_ends = np.flatnonzero(is_last_of_group)
     values = positives_descending[group_ends]
-    # searchsorted is fastest with ascending keys; reverse there and back.
-    ascending = values[::-1]
-    below = np.searchsorted(negatives_sorted, ascending, side="left")[::-1]
-    at_or_below = np.searchsorted(negatives_sorted, ascending, side="right")[::-1]
-    num_negatives = negatives_sorted.size
+    positives_at_or_above = group_ends.astype(np.int64) + 1
+    positives_at = np.diff(positives_at_or_above, prepend=0)
+    included_at = positives_at if positives_included else np.zeros_like(positives_at)
+    below, at_or_below = _counts_below(sorted_scores, values[::-1], included_at[::-1])
+    num_negatives = sorted_scores.size - (num_positives if positives_included else 0)
+    included_at_or_above = positives_at_or_above if positives_included else 0
+    included_above = positives_at_or_above - positives_at if positives_included else 0
     return RankLevels(
         values=values,
         group_ends=group_ends,
-        positives_at_or_above=group_ends.astype(np.int64) + 1,
-        negatives_above=num_negatives - at_or_below.astype(np.int64),
-        negatives_at_or_above=num_negatives - below.astype(np.int64),
+        positives_at_or_above=positives_at_or_above,
+        negatives_above=sorted_scores.size - at_or_below[::-1] - included_above,
+        negatives_at_or_above=sorted_scores.size - below[::-1] - included_at_or_above,
         num_positives=num_positives,
         num_negatives=num_negatives,
     )
+
+
+def _counts_below(
+    sorted_scores: np.ndarray, ascending: np.ndarray, known_ties: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of scores ``< t`` and ``<= t`` for ascending distinct keys ``t`` (int64).
+
+    One binary search per key. ``known_ties[i]`` scores are known to equal key ``i`` (the positives
+    themselves when they are in the array), so ``<= t`` is ``< t`` plus those, unless the next score
+    also equals ``t``; only then (rare for float maps) is a second search needed.
+    """
+    below = np.searchsorted(sorted_scores, ascending, side="left").astype(np.int64)
+    at_or_below = below + known_ties
+    size = sorted_scores.size
+    if size:
+        next_score = sorted_scores[np.minimum(at_or_below, size - 1)]
+        more_ties = (at_or_below < size) & (next_score == ascending)
+        at_or_below[more_ties] = np.searchsorted(sorted_scores, ascending[more_ties], side="right")
+    return below, at_or_below
 
 
 def auroc_from_levels(levels: RankLevels) -> float:
@@ -110,19 +135,27 @@ def ranking_undefined_reason(num_negatives: int, num_positives: int, kind: str) 
 
 
 def ranking_metrics(
-    negatives_sorted: np.ndarray, positives_descending: np.ndarray, prefix: str, kind: str
+    sorted_scores: np.ndarray,
+    positives_descending: np.ndarray,
+    prefix: str,
+    kind: str,
+    positives_included: bool = False,
 ) -> tuple[dict[str, float], dict[str, str], RankLevels | None]:
-    """AUROC, AP and F1-max named ``<prefix>_auroc`` etc., with reasons for the undefined ones."""
-    reasons = ranking_undefined_reason(negatives_sorted.size, positives_descending.size, kind)
+    """AUROC, AP and F1-max named ``<prefix>_auroc`` etc., with reasons for the undefined ones.
+
+    Arguments as :func:`rank_levels`; ``kind`` ("images", "pixels") words the reasons.
+    """
+    num_negatives = sorted_scores.size - (positives_descending.size if positives_included else 0)
+    reasons = ranking_undefined_reason(num_negatives, positives_descending.size, kind)
     undefined = {f"{prefix}_{metric}": why for metric, why in reasons.items()}
     if positives_descending.size == 0:
         return {}, undefined, None
-    levels = rank_levels(negatives_sorted, positives_descending)
+    levels = rank_levels(sorted_scores, positives_descending, positives_included)
     values = {
         f"{prefix}_ap": average_precision_from_levels(levels),
         f"{prefix}_f1max": f1_max_from_levels(levels)[0],
     }
-    if negatives_sorted.size:
+    if num_negatives:
         values[f"{prefix}_auroc"] = auroc_from_levels(levels)
     return values, undefined, levels
 

@@ -28,14 +28,14 @@ def reference_aupro(maps, masks, fpr_limit: float = 0.3, fpr_dtype=np.float64) -
     masks = [np.asarray(m) for m in masks]
     num_ok_pixels = 0
     num_gt_regions = 0
-    fp_changes = []
+    fp_changes = []  # uint32 as in the official script (it asserts the pixel count fits)
     pro_changes = []
     for gt in masks:
         labels, num_regions = ndimage.label(gt, structure=np.ones((3, 3), dtype=int))
         num_gt_regions += num_regions
         ok_mask = labels == 0
         num_ok_pixels += int(ok_mask.sum())
-        fp_change = np.zeros(gt.shape, dtype=np.uint64)
+        fp_change = np.zeros(gt.shape, dtype=np.uint32)
         fp_change[ok_mask] = 1
         pro_change = np.zeros(gt.shape, dtype=np.float64)
         for k in range(1, num_regions + 1):

@@ -36,16 +36,15 @@ def _patch_like_noise(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _irregular_region(rng: np.random.Generator, size: int) -> np.ndarray:
-    """An ellipse with a ragged border; sometimes touching the image border."""
-    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+    """A blob with a wavy border (random low harmonics of the radius); sometimes touching the border."""
+    rows, cols = np.ogrid[0:size, 0:size]
     center = rng.uniform(-0.05, 1.05, size=2) * size
-    radii = rng.uniform(0.02, 0.12, size=2) * size
-    angle = rng.uniform(0, np.pi)
+    radius = rng.uniform(0.02, 0.1) * size
     dr, dc = rows - center[0], cols - center[1]
-    u = (dr * np.cos(angle) + dc * np.sin(angle)) / radii[0]
-    v = (-dr * np.sin(angle) + dc * np.cos(angle)) / radii[1]
-    ragged = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), sigma=size / 60)
-    return (u**2 + v**2) < 1.0 + 2.0 * ragged / max(float(np.abs(ragged).max()), 1e-6) * 0.3
+    angle = np.arctan2(dr, dc)
+    wobble = sum(rng.uniform(0.0, 0.25) / k * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in range(1, 6))
+    stretch = rng.uniform(0.5, 1.5)
+    return (dr / stretch) ** 2 + (dc * stretch) ** 2 < (radius * (1 + wobble)) ** 2
 
 
 def random_category(num_images: int, shape: tuple[int, int], seed: int, decimals: int | None = None):

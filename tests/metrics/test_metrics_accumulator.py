@@ -116,8 +116,8 @@ def test_tie_heavy_maps_are_stored_run_length_encoded(tmp_path):
     accumulator = MetricAccumulator()
     accumulator.update("c", maps=maps.astype(np.float32), masks=masks)
     state = accumulator.state_dict()
-    assert "category0/pixels/normal_values" in state and "category0/pixels/normal_scores" not in state
-    assert state["category0/pixels/normal_values"].size <= 21
+    assert "category0/pixels/score_values" in state and "category0/pixels/scores" not in state
+    assert state["category0/pixels/score_values"].size <= 21
     accumulator.save(tmp_path / "s.npz")
     assert MetricAccumulator.load(tmp_path / "s.npz").compute().to_dict() == accumulator.compute().to_dict()
 

@@ -9,7 +9,7 @@ import pytest
 from metrics_reference import reference_aupro, reference_cflow200
 from metrics_synthetic import random_category, realistic_category
 
-from medzsad.metrics import UndefinedMetricError, aupro, aupro_cflow200, pixel_metrics
+from medzsad.metrics import UndefinedMetricError, aupro, aupro_cflow200, image_metrics, pixel_metrics
 
 EXACT = 1e-10  # exact algorithm vs the float64 reference: only summation-order rounding differs
 
@@ -183,14 +183,29 @@ def test_cflow200_matches_the_literal_algorithm(case):
     assert aupro_cflow200(maps, masks).value == pytest.approx(literal, abs=1e-12)
 
 
-@pytest.mark.parametrize(("method", "official_key"), [("anomalyclip", "pixel-aupro"), ("faprompt", "pixel-aupro")])
-def test_cflow200_matches_the_official_code_on_parity_fixtures(parity_dir, method, official_key):
+OFFICIAL_NAMES = {
+    "image-auroc": "image_auroc",
+    "image-ap": "image_ap",
+    "pixel-auroc": "pixel_auroc",
+    "pixel-ap": "pixel_ap",
+    "pixel-aupro": "pixel_aupro@0.3[cflow200-compat]",  # what AnomalyCLIP/FAPrompt call AUPRO
+}
+
+
+@pytest.mark.parametrize("method", ["anomalyclip", "faprompt", "cops"])
+def test_every_official_number_on_the_parity_fixtures(parity_dir, method):
     official = json.loads((parity_dir / method / "manifest.json").read_text())["metrics_on_these_images"]
     maps = np.load(parity_dir / method / "maps518.npz")["infer/anomaly_map"]
-    masks = np.load(parity_dir / "inputs" / "inputs.npz")["masks_518"]
-    assert aupro_cflow200(maps, masks).value == pytest.approx(official[official_key], abs=1e-9)
+    image_scores = np.load(parity_dir / method / "outputs.npz")["infer/image_score"]
+    inputs = np.load(parity_dir / "inputs" / "inputs.npz")
+    ours = {
+        **image_metrics(image_scores, inputs["labels"]),
+        **pixel_metrics(maps, inputs["masks_518"], include_cflow200=True),
+    }
+    for official_name, value in official.items():
+        assert ours[OFFICIAL_NAMES[official_name]] == pytest.approx(value, abs=1e-12), official_name
     # The exact metric is a different number on the same maps.
-    assert abs(aupro(maps, masks).value - official[official_key]) > 1e-4
+    assert abs(ours["pixel_aupro@0.3[mvtec-exact]"] - ours["pixel_aupro@0.3[cflow200-compat]"]) > 1e-4
 
 
 def test_cflow200_undefined_for_constant_maps():
@@ -199,3 +214,12 @@ def test_cflow200_undefined_for_constant_maps():
     masks[0, 1:3, 1:3] = True
     with pytest.raises(UndefinedMetricError, match="constant maps"):
         aupro_cflow200(maps, masks)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.uint8])
+def test_any_real_map_dtype_matches_both_references(dtype):
+    maps, masks = random_category(5, (24, 30), seed=15)
+    maps = (maps * 100).astype(dtype) if dtype == np.uint8 else maps.astype(dtype)
+    assert aupro(maps, masks).value == pytest.approx(reference_aupro(maps, masks), abs=EXACT)
+    literal = reference_cflow200(maps, masks.astype(np.float32))
+    assert aupro_cflow200(maps, masks).value == pytest.approx(literal, abs=1e-12)
