@@ -68,6 +68,15 @@ def test_batch_equals_single_images(methods, key) -> None:
         torch.testing.assert_close(single.anomaly_maps, batched.anomaly_maps[index : index + 1], atol=1e-5, rtol=0)
 
 
+def test_image_feature_is_open_clip_image_embedding(methods, backbone) -> None:
+    """The image score uses CLIP's own embedding (with ln_post), whatever the V-V setting of the maps."""
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))  # native size
+    with torch.no_grad():
+        expected = F.normalize(backbone.clip.encode_image(images), dim=-1)
+    for method in methods.values():
+        torch.testing.assert_close(method.predict(images).extras["image_features"], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_training_free_and_empty_checkpoint(methods) -> None:
     for method in methods.values():
         assert method.prompt.state_dict() == {}
