@@ -68,5 +68,21 @@ def minmax_normalise(values: torch.Tensor, dim: int = -1, eps: float = 0.0) -> t
     return (values - low) / (high - low + eps)
 
 
+def neighbour_average(patch_values: torch.Tensor, grid: tuple[int, int], kernel: int) -> torch.Tensor:
+    """Mean over each patch's ``kernel x kernel`` neighbourhood on the patch grid (CoPS, methods-spec §4.1).
+
+    ``[B, h*w, C]`` -> ``[B, h*w, C]``. Like the reference, this is ``avg_pool2d(kernel, stride 1,
+    padding kernel // 2)`` with ``count_include_pad=True``: the zero padding counts at the borders, so
+    border patches are pulled towards 0. ``kernel`` must be odd; 1 returns the input unchanged.
+    """
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"the neighbour kernel must be a positive odd number, got {kernel}")
+    if kernel == 1:
+        return patch_values
+    maps = patch_grid_maps(patch_values, grid)
+    pooled = F.avg_pool2d(maps, kernel, stride=1, padding=kernel // 2, count_include_pad=True)
+    return pooled.flatten(2).transpose(1, 2)
+
+
 def is_square(count: int) -> bool:
     return math.isqrt(count) ** 2 == count
