@@ -109,6 +109,28 @@ class DualPathVisionEncoder(nn.Module):
         x = visual.patch_dropout(x)
         return visual.ln_pre(x)
 
+    def run_blocks(
+        self, tokens: torch.Tensor, dpam_start_layer: int | None = None, collect: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run the blocks over embedded tokens ``[B, N, C]`` (from :meth:`embed`, or a subset of them).
+
+        Returns the original stream after the last block and, for each block in ``collect``
+        (1-indexed), the tokens after it: the V-V stream from ``dpam_start_layer`` on, the original
+        stream before it.
+        """
+        x = tokens
+        vv: torch.Tensor | None = None
+        collected: dict[int, torch.Tensor] = {}
+        for index, block in enumerate(self.visual.transformer.resblocks, start=1):
+            if dpam_start_layer is not None and index >= dpam_start_layer:
+                vv = x if vv is None else vv
+                x, vv = dual_path_block(block, x, vv)
+            else:
+                x = block(x)
+            if index in collect:
+                collected[index] = vv if vv is not None else x
+        return x, collected
+
     def forward(
         self, images: torch.Tensor, layers: Sequence[int] = (-1,), dpam_start_layer: int | None = 6
     ) -> VisualFeatures:
@@ -130,16 +152,7 @@ class DualPathVisionEncoder(nn.Module):
             raise ValueError(f"dpam_start_layer must be in 1..{self.num_layers}, got {dpam_start_layer}")
         x = self.embed(images)
         grid = self.grid_for((images.shape[-2], images.shape[-1]))
-        vv: torch.Tensor | None = None
-        collected: dict[int, torch.Tensor] = {}
-        for index, block in enumerate(self.visual.transformer.resblocks, start=1):
-            if dpam_start_layer is not None and index >= dpam_start_layer:
-                vv = x if vv is None else vv
-                x, vv = dual_path_block(block, x, vv)
-            else:
-                x = block(x)
-            if index in wanted:
-                collected[index] = vv if vv is not None else x
+        x, collected = self.run_blocks(x, dpam_start_layer, wanted)
         visual = self.visual
         global_features = x[:, 0] @ visual.proj
         patch_features = [visual.ln_post(collected[layer]) @ visual.proj for layer in wanted]

@@ -2,6 +2,7 @@
 
 from medzsad.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
 from medzsad.methods.base import LossOutput, MethodConfig, MethodOutput, ZsadMethod
+from medzsad.methods.baselines import ClipPromptBaseline, ClipPromptConfig, WinClipBaseline, WinClipConfig
 from medzsad.methods.faprompt import FAPrompt, FAPromptConfig
 from medzsad.methods.registry import METHODS, method_class
 
@@ -9,11 +10,15 @@ __all__ = [
     "METHODS",
     "AnomalyCLIP",
     "AnomalyCLIPConfig",
+    "ClipPromptBaseline",
+    "ClipPromptConfig",
     "FAPrompt",
     "FAPromptConfig",
     "LossOutput",
     "MethodConfig",
     "MethodOutput",
+    "WinClipBaseline",
+    "WinClipConfig",
     "ZsadMethod",
     "method_class",
 ]

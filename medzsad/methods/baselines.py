@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
-from medzsad.backbone.visual import DualPathVisionEncoder, dual_path_block
+from medzsad.backbone.visual import DualPathVisionEncoder
 from medzsad.methods.base import LossOutput, MethodConfig, MethodOutput, ZsadMethod
 from medzsad.methods.postprocess import gaussian_blur, patch_grid_maps, upsample
 
@@ -196,32 +196,6 @@ def pool_cls(encoder: DualPathVisionEncoder, tokens: torch.Tensor) -> torch.Tens
     return visual.ln_post(tokens[..., 0, :]) @ visual.proj
 
 
-def run_blocks(
-    encoder: DualPathVisionEncoder,
-    tokens: torch.Tensor,
-    dpam_start_layer: int | None = None,
-    collect: Sequence[int] = (),
-) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """Run the ViT blocks over embedded tokens ``[B, N, C]`` (from ``encoder.embed`` or a subset).
-
-    Returns the final original-stream tokens and, for each block in ``collect`` (1-indexed), the tokens
-    after that block: the V-V stream from ``dpam_start_layer`` on, the original stream before it, as
-    :class:`DualPathVisionEncoder` reports patch features.
-    """
-    x = tokens
-    vv: torch.Tensor | None = None
-    collected: dict[int, torch.Tensor] = {}
-    for index, block in enumerate(encoder.visual.transformer.resblocks, start=1):
-        if dpam_start_layer is not None and index >= dpam_start_layer:
-            vv = x if vv is None else vv
-            x, vv = dual_path_block(block, x, vv)
-        else:
-            x = block(x)
-        if index in collect:
-            collected[index] = vv if vv is not None else x
-    return x, collected
-
-
 def window_indices(grid: tuple[int, int], size: int, stride: int = 1) -> torch.Tensor:
     """Row-major patch indices ``[n_windows, size*size]`` of the ``size x size`` windows of a grid.
 
@@ -349,7 +323,7 @@ class ClipPromptBaseline(_TrainingFreeBaseline):
         encoder = self.backbone.visual
         text = self.text_features()
         grid = encoder.grid_for((images.shape[-2], images.shape[-1]))
-        final, collected = run_blocks(encoder, encoder.embed(images), config.dpam_start_layer, self._layers)
+        final, collected = encoder.run_blocks(encoder.embed(images), config.dpam_start_layer, self._layers)
         image_features = pool_cls(encoder, final)
         scores = self._probabilities(image_features, text)
         patch_probs = []
@@ -410,7 +384,7 @@ class WinClipBaseline(_TrainingFreeBaseline):
         sequences = torch.cat([cls, patches], dim=2).reshape(batch * count, 1 + area, width)
         encoder = self.backbone.visual
         pooled = [
-            pool_cls(encoder, run_blocks(encoder, chunk)[0]) for chunk in sequences.split(self.config.window_batch_size)
+            pool_cls(encoder, encoder.run_blocks(chunk)[0]) for chunk in sequences.split(self.config.window_batch_size)
         ]
         return torch.cat(pooled).reshape(batch, count, -1)
 
@@ -422,7 +396,7 @@ class WinClipBaseline(_TrainingFreeBaseline):
         text = self.text_features()
         grid = encoder.grid_for((images.shape[-2], images.shape[-1]))
         tokens = encoder.embed(images)
-        image_features = pool_cls(encoder, run_blocks(encoder, tokens)[0])
+        image_features = pool_cls(encoder, encoder.run_blocks(tokens)[0])
         scores = self._probabilities(image_features, text)
         scale_maps = []
         extras: dict[str, torch.Tensor] = {"text_features": text}
