@@ -194,3 +194,15 @@ def test_config_round_trips_through_dataclasses_replace():
     assert config.sigma == 4.0 and config.prior_token_selection == "topk"
     with pytest.raises(ValueError):
         dataclasses.replace(config, prior_token_selection="top")
+
+
+def test_engine_config_overrides_reach_the_method_config():
+    from medzsad.engine.config import from_mapping, parse_override
+
+    data: dict = {}
+    for text in ("prior_token_selection=topk", "sigma=4", "num_abnormality_prompts=6", "orthogonality_weight=0"):
+        path, value = parse_override(text)
+        data[path[0]] = value
+    config = from_mapping(FAPromptConfig, data, "method_config")
+    assert (config.prior_token_selection, config.sigma, config.num_abnormality_prompts) == ("topk", 4, 6)
+    assert config.orthogonality_weight == 0
