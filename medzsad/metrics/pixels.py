@@ -110,7 +110,11 @@ class PixelStatistics:
         self._consolidated = None
 
     def consolidate(self) -> PixelData:
-        """Sort everything once and keep only the sorted arrays (peak: 2x the scores with many chunks)."""
+        """Sort everything once and keep only the sorted arrays.
+
+        Peak memory: 2x the scores when there are several chunks (they are concatenated), 1x with one.
+        float32 scores sort in place without extra memory (float64 ones need a 1x temporary in numpy).
+        """
         if self._consolidated is not None:
             return self._consolidated
         dtype = _common_dtype(self._score_chunks)
