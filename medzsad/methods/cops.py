@@ -270,9 +270,15 @@ class CoPS(ZsadMethod):
 
     name = "cops"
     config_class = CoPSConfig
-    # Never used by the official forward pass; tokens are rebuilt from the backbone.
-    official_dead_prefixes = ("projector.", "projector_cls.", "extractor_.", "token_prefix", "token_suffix")
-    official_dead_prefixes += ("tokenized_prompts",)
+    # Modules the official forward pass never uses, and token buffers (rebuilt from the backbone).
+    official_dead_prefixes = (
+        "projector.",
+        "projector_cls.",
+        "extractor_.",
+        "token_prefix",
+        "token_suffix",
+        "tokenized_prompts",
+    )
 
     def __init__(self, backbone: ClipBackbone, config: CoPSConfig | None = None) -> None:
         config = config or CoPSConfig()
@@ -308,7 +314,9 @@ class CoPS(ZsadMethod):
         return prompt.extractor(prompt.t_n, patches_avg), prompt.extractor(prompt.t_a, patches_avg)
 
     # -- text side ---------------------------------------------------------------------------------
-    def encode_text(self, normal_prototypes: torch.Tensor, abnormal_prototypes: torch.Tensor, class_vectors):
+    def encode_text(
+        self, normal_prototypes: torch.Tensor, abnormal_prototypes: torch.Tensor, class_vectors: torch.Tensor
+    ) -> torch.Tensor:
         """Per-sample text embeddings ``[B, 2, R, D]``, each L2-normalised; one text-encoder call for all
         ``2·R·B`` prompts.
 
@@ -317,7 +325,8 @@ class CoPS(ZsadMethod):
             class_vectors: ``[B, R, D]`` decoded VAE samples.
         """
         prompt = self.prompt
-        # The prototypes enter the prompts as constants: the extractor learns from gather/scatter only.
+        # As in the official code the prototypes enter the prompts as constants: the extractor and its
+        # queries learn from the gather/scatter terms only.
         normal_prototypes, abnormal_prototypes = normal_prototypes.detach(), abnormal_prototypes.detach()
         if self.config.prototype_pairing == "official":
             state = torch.stack([abnormal_prototypes, normal_prototypes], dim=1)
@@ -442,6 +451,7 @@ class CoPS(ZsadMethod):
     ) -> dict[str, Any]:
         """Everything the training loss is made of: VAE posterior sample (one per image), prototypes,
         distances, text and 2-channel patch probabilities; see :meth:`loss`."""
+        self.config.validate()
         features = self.image_features(images)
         global_raw = features.global_features
         mean, log_var = self.prompt.vae_encoder(global_raw)
@@ -496,9 +506,14 @@ class CoPS(ZsadMethod):
         return LossOutput(total=total, terms=terms)
 
     def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load an official ``ckpt["prompt_learner"]``. Released checkpoints drop ``vae_encoder.*`` (only
-        used in training); when it is absent the current encoder is kept."""
-        state = dict(state_dict)
+        """Load an official checkpoint (the whole file's dict or its ``"prompt_learner"`` entry).
+
+        Released checkpoints drop ``vae_encoder.*`` (only used in training); when it is absent the current
+        encoder is kept. The never-used ``projector*``/``extractor_*`` modules and the token buffers are
+        ignored; anything else missing, unexpected or of the wrong shape raises ``ValueError``.
+        """
+        inner = state_dict.get("prompt_learner")
+        state = dict(inner if isinstance(inner, Mapping) else state_dict)
         if not any(key.startswith("vae_encoder.") for key in state):
             state.update({f"vae_encoder.{k}": v for k, v in self.prompt.vae_encoder.state_dict().items()})
         load_prompt_state(self.prompt, state, self.official_dead_prefixes, "CoPS checkpoint")

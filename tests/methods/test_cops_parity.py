@@ -35,7 +35,7 @@ def fixtures(parity_dir):
     return {"inputs": inputs, "out": outputs, "maps": maps, "prompt_init": prompt_init, "backbone": backbone}
 
 
-def official_release_format(prompt_init: dict, width: int) -> dict:
+def official_release_format(prompt_init: dict) -> dict:
     """What a released checkpoint holds: no ``vae_encoder.*``/``token*``, plus the never-used modules."""
     state = {k: v for k, v in prompt_init.items() if not k.startswith(("vae_encoder.", "token"))}
     state["projector.fc.0.weight"] = torch.zeros(768, 1024)
@@ -68,7 +68,8 @@ def assert_close(actual, expected, atol=0.0, rtol=0.0):
 def inference(fixtures):
     # As the official test.py: the released checkpoint format (vae_encoder and buffers dropped).
     model = CoPS(fixtures["backbone"])
-    model.load_official_state_dict(official_release_format(fixtures["prompt_init"], fixtures["backbone"].text_width))
+    release = official_release_format(fixtures["prompt_init"])
+    model.load_official_state_dict({"prompt_learner": release, "epoch": 10})
     model.eval()
     x = images(fixtures)
     with torch.no_grad():
