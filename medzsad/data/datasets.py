@@ -9,6 +9,7 @@ the dataset root, so moving a dataset keeps its ids).
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -331,9 +332,18 @@ class FolderDataset(Dataset):
             if key[0] != "single" and len(members) >= min_series_slices:
                 series_key = f"series:{len(self._series)}"
                 self._series[series_key] = tuple(p for p, _ in members)
-                volume = self._load_volume(series_key)
-                entries += [_Entry("slice", series_key, k) for k in range(volume.array.shape[self.axis])]
-                continue
+                try:
+                    volume = self._load_volume(series_key)
+                except DataError as exc:
+                    # Not a clean volume (duplicate positions, gaps, ...): score its files one by one.
+                    del self._series[series_key]
+                    warnings.warn(
+                        f"a DICOM series of {len(members)} files is read as 2-D images: {exc.problem}",
+                        stacklevel=2,
+                    )
+                else:
+                    entries += [_Entry("slice", series_key, k) for k in range(volume.array.shape[self.axis])]
+                    continue
             for path, ds in members:
                 frames = int(ds.get("NumberOfFrames", 1) or 1)
                 if frames > 1:

@@ -17,6 +17,7 @@ import hmac
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,9 @@ def dicom_identifiers(ds: Any) -> set[str]:
     """Identifying values of a pydicom dataset (for PHI scans of our outputs), as non-trivial strings."""
     found: set[str] = set()
     for keyword in PHI_DICOM_KEYWORDS:
-        value = ds.get(keyword, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd values in real files; we only read them
+            value = ds.get(keyword, None)
         if value is None:
             continue
         values = value if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]

@@ -388,8 +388,20 @@ def prepare_folder(
             mask_files = _images(nested) if nested.is_dir() else _images(flat)
             pairs = pair_masks_by_name(images, mask_files, where=flat, strict=False)
         for image in images:
-            manifest.add(split, _record(image, pairs.get(image), cls_name, specie_dir.name, anomalous))
+            for frame in _frames(image):
+                record = _record(image, pairs.get(image), cls_name, specie_dir.name, anomalous, frame_index=frame)
+                manifest.add(split, record)
     return _finish(manifest, raw_root, out_manifest)
+
+
+def _frames(image: Path) -> list[int | None]:
+    """``[None]`` for a plain image; one index per frame for a multi-frame DICOM file."""
+    if not (image.name.lower().endswith(DICOM_SUFFIXES) or is_dicom_file(image)):
+        return [None]
+    from medzsad.data.readers import _dcmread
+
+    frames = int(_dcmread(image, stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
+    return [None] if frames == 1 else list(range(frames))
 
 
 def _volume_stem(name: str) -> str:
