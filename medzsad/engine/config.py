@@ -210,7 +210,10 @@ def from_mapping(cls: type, data: Any, where: str = "") -> Any:
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         values[name] = _coerce(value, hints[name], key)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:  # a dataclass's own __post_init__ checks
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

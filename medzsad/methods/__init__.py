@@ -3,6 +3,7 @@
 from medzsad.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
 from medzsad.methods.base import LossOutput, MethodConfig, MethodOutput, ZsadMethod
 from medzsad.methods.baselines import ClipPromptBaseline, ClipPromptConfig, WinClipBaseline, WinClipConfig
+from medzsad.methods.cops import CoPS, CoPSConfig
 from medzsad.methods.faprompt import FAPrompt, FAPromptConfig
 from medzsad.methods.registry import METHODS, method_class
 
@@ -12,6 +13,8 @@ __all__ = [
     "AnomalyCLIPConfig",
     "ClipPromptBaseline",
     "ClipPromptConfig",
+    "CoPS",
+    "CoPSConfig",
     "FAPrompt",
     "FAPromptConfig",
     "LossOutput",

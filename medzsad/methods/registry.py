@@ -5,10 +5,11 @@ from __future__ import annotations
 from medzsad.methods.anomalyclip import AnomalyCLIP
 from medzsad.methods.base import ZsadMethod
 from medzsad.methods.baselines import ClipPromptBaseline, WinClipBaseline
+from medzsad.methods.cops import CoPS
 from medzsad.methods.faprompt import FAPrompt
 
 METHODS: dict[str, type[ZsadMethod]] = {
-    cls.name: cls for cls in (AnomalyCLIP, FAPrompt, ClipPromptBaseline, WinClipBaseline)
+    cls.name: cls for cls in (AnomalyCLIP, FAPrompt, CoPS, ClipPromptBaseline, WinClipBaseline)
 }
 
 

@@ -50,3 +50,8 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_a_method_config_check_becomes_a_config_error():
+    with pytest.raises(ConfigError, match=r"method_config: .*prior_token_selection"):
+        load_config(None, ["method=faprompt", "method_config.prior_token_selection=best"])
