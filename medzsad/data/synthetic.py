@@ -35,6 +35,7 @@ FAKE_IDENTIFIERS: dict[str, str] = {
     "PatientName": "SYNTHETIC^PHANTOM^MEDZSAD",
     "PatientID": "SYNTH-PHANTOM-0001",
     "PatientBirthDate": "19000101",
+    "PatientSex": "O",
     "AccessionNumber": "SYNTHACC0001",
     "StudyDate": "19000102",
     "SeriesDate": "19000102",
@@ -225,6 +226,7 @@ def _base_dataset(modality: str, series_seed: str, sop_class: str) -> Any:
     ds.SeriesInstanceUID = _uid(f"series-{series_seed}")
     ds.FrameOfReferenceUID = _uid(f"for-{series_seed}")
     ds.SeriesDescription = "SYNTHETIC PHANTOM SERIES"
+    ds.StudyTime, ds.SeriesNumber = "120000", 1
     return ds
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "slice_labels",
     "volume_header",
     "volume_samples",
+    "write_dicom_seg",
     "write_nifti",
 ]
 
@@ -93,6 +94,8 @@ class Volume:
     source_affine: np.ndarray = field(default_factory=lambda: np.eye(4), repr=False)
     source_shape: tuple[int, ...] = field(default=(), repr=False)
     _from_source: np.ndarray | None = field(default=None, repr=False)
+    #: DICOM series only: the files in the order of the source layout's slice axis (for DICOM SEG).
+    source_files: tuple[Path, ...] = field(default=(), repr=False)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -346,6 +349,7 @@ def read_dicom_files(files: Sequence[Path], folder: str | Path | None = None) ->
     """Read the files of one DICOM series (any order) into a volume ordered by geometry."""
     folder = Path(folder) if folder is not None else Path(files[0]).parent
     slices = []
+    owners: list[Path] = []
     for path in files:
         ds = _dcmread(path)
         pixels, meta = dicom_pixels(ds, path)
@@ -353,6 +357,7 @@ def read_dicom_files(files: Sequence[Path], folder: str | Path | None = None) ->
             raise NotAnImageError(path, "colour DICOM series are not supported as volumes")
         for frame in range(pixels.shape[0]):
             slices.append((ds, pixels[frame], meta))
+            owners.append(path)
     first = slices[0][0]
     modality = str(first.get("Modality", "") or "") or None
     spacing_rc = [float(v) for v in (first.get("PixelSpacing") or [1.0, 1.0])]
@@ -367,7 +372,7 @@ def read_dicom_files(files: Sequence[Path], folder: str | Path | None = None) ->
         return _canonical(
             stack.transpose(2, 1, 0), affine, modality=modality, meta=meta, has_geometry=False, identity=identity
         )
-    stack, affine = _geometry_stack(
+    stack, affine, order = _geometry_stack(
         folder,
         [s[1] for s in slices],
         np.asarray(orientation, float),
@@ -375,7 +380,16 @@ def read_dicom_files(files: Sequence[Path], folder: str | Path | None = None) ->
         spacing_rc,
         float(first.get("SliceThickness", 0) or 0),
     )
-    return _canonical(stack.transpose(2, 1, 0), affine, modality=modality, meta=meta, identity=identity)
+    ordered_files = tuple(owners[i] for i in order)
+    single_frame = len(set(ordered_files)) == len(ordered_files)
+    return _canonical(
+        stack.transpose(2, 1, 0),
+        affine,
+        modality=modality,
+        meta=meta,
+        identity=identity,
+        source_files=ordered_files if single_frame else (),
+    )
 
 
 def _geometry_stack(
@@ -385,8 +399,11 @@ def _geometry_stack(
     positions: np.ndarray,
     spacing_rc: Sequence[float],
     thickness: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Order slices along the slice normal and build the RAS affine; refuse gaps and duplicates."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Order slices along the slice normal and build the RAS affine; refuse gaps and duplicates.
+
+    Returns ``(stack [n, rows, cols], affine, order)`` with ``order`` the input index of each stacked slice.
+    """
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
     distances = positions @ normal
@@ -411,7 +428,7 @@ def _geometry_stack(
     lps[:3, 1] = col_dir * spacing_rc[0]
     lps[:3, 2] = step
     lps[:3, 3] = positions[order[0]]
-    return stack, _LPS_TO_RAS @ lps
+    return stack, _LPS_TO_RAS @ lps, order
 
 
 def _read_dicom_multiframe(path: Path) -> Volume:
@@ -444,7 +461,7 @@ def _read_dicom_multiframe(path: Path) -> Volume:
             has_geometry=False,
             identity=identity,
         )
-    stack, affine = _geometry_stack(
+    stack, affine, _order = _geometry_stack(
         path, list(pixels), np.asarray(orientation, float), np.asarray(positions, float), spacing_rc, 0.0
     )
     return _canonical(stack.transpose(2, 1, 0), affine, modality=modality, meta=base, identity=identity)
@@ -659,6 +676,91 @@ def write_nifti(array: np.ndarray, volume: Volume, path: str | Path, *, dtype: A
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+_SEG_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def write_dicom_seg(
+    mask: np.ndarray,
+    volume: Volume,
+    path: str | Path,
+    *,
+    segment_label: str = "anomaly",
+    software_version: str = "medzsad",
+) -> Path:
+    """Write a binary ``[z, y, x]`` mask on a DICOM series' grid as a DICOM SEG (highdicom), atomically.
+
+    The SEG references its source images, so it carries their patient and study attributes (that is what
+    lets a PACS or viewer attach it to the study): it is patient data, keep it local. Empty slices are
+    omitted, as DICOM SEG allows.
+
+    Args:
+        mask: bool (or 0/1) array of ``volume.shape``; threshold a continuous map before calling.
+        volume: a volume read from a DICOM series (it knows its source files).
+        path: output file.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if not volume.source_files:
+        raise DataError(path, "DICOM SEG needs a volume read from a DICOM series of single-frame files")
+    binary = volume.to_source_layout(np.asarray(mask) > 0)  # (cols, rows, slices) in source order
+    frames = np.ascontiguousarray(binary.transpose(2, 1, 0)).astype(np.uint8)
+    sources = [_dcmread(p, stop_before_pixels=True) for p in volume.source_files]
+    for ds in sources:
+        # Type 2 attributes highdicom copies; exports often drop them. Empty is a valid value.
+        for keyword in _SEG_TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medzsad", version=software_version, family=codes.cid7162.ArtificialIntelligence
+    )
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=segment_label,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = hd.seg.Segmentation(
+            source_images=sources,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[description],
+            series_instance_uid=hd.UID(),
+            series_number=900,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="medzsad",
+            manufacturer_model_name="medzsad",
+            software_versions=software_version,
+            device_serial_number="none",
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=path.parent)
+    os.close(fd)
+    try:
+        seg.save_as(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

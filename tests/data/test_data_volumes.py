@@ -138,3 +138,32 @@ def test_volume_samples_labels_and_shared_intensity(phantom):
     assert all(s.meta["intensity"] == "window 40/80" for s in samples)
     assert all(s.mask is not None and bool(s.mask.any()) == bool(e) for s, e in zip(samples, expected))
     assert isinstance(samples[0].image, torch.Tensor) and samples[0].image.shape == (3, 518, 518)
+
+
+def test_dicom_seg_output_references_the_right_slices(tmp_path, phantom):
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+
+    from medzsad.data.volumes import write_dicom_seg
+
+    image, label = phantom
+    write_phantom_dicom_series(tmp_path / "series", image)
+    volume = read_volume(tmp_path / "series")
+    out = write_dicom_seg(label, volume, tmp_path / "seg" / "anomaly.dcm")
+    seg = hd.seg.segread(out)
+    uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in volume.source_files]
+    frames = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, segment_numbers=[1], combine_segments=True, skip_overlap_checks=True
+    )
+    expected = volume.to_source_layout(label > 0).transpose(2, 1, 0)
+    np.testing.assert_array_equal(frames.astype(bool), expected)
+
+
+def test_importing_the_data_layer_imports_no_model():
+    import subprocess
+    import sys
+
+    models = ("medzsad.backbone", "medzsad.methods", "medzsad.engine")
+    code = f"import sys, medzsad.data; print([m for m in sys.modules if m.startswith({models!r})])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
