@@ -18,7 +18,15 @@ from medzsad.data.transforms import (
     clip_mask_transform,
     map_to_original,
 )
-from medzsad.data.volumes import Volume, predict_volume, read_volume, reassemble, volume_samples, write_nifti
+from medzsad.data.volumes import (
+    Volume,
+    predict_volume,
+    read_volume,
+    reassemble,
+    volume_samples,
+    write_dicom_seg,
+    write_nifti,
+)
 
 __all__ = [
     "PREPARERS",
@@ -51,6 +59,7 @@ __all__ = [
     "read_volume",
     "reassemble",
     "volume_samples",
+    "write_dicom_seg",
     "write_manifest",
     "write_nifti",
 ]

@@ -123,3 +123,13 @@ def test_folder_dataset_over_mixed_scans(tmp_path):
     np.testing.assert_allclose(result[:, 5, 5], np.arange(8), atol=1e-5)
     out = write_nifti(result, volume, tmp_path / "out" / f"{volume_id}.nii.gz")
     np.testing.assert_allclose(read_volume(out).array, result, atol=1e-6)
+
+
+def test_folder_dataset_reads_a_broken_series_as_single_images(tmp_path):
+    image, _ = make_phantom((6, 20, 16))
+    paths = write_phantom_dicom_series(tmp_path / "gap", image)
+    paths[2].unlink()  # a missing slice: not a clean volume
+    with pytest.warns(UserWarning, match="read as 2-D images"):
+        dataset = FolderDataset(tmp_path / "gap", image_size=32)
+    assert len(dataset) == 5 and all(dataset[i].volume_id is None for i in range(5))
+    assert dataset[0].meta["intensity"] == "window 40/80"

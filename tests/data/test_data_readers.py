@@ -118,3 +118,18 @@ def test_unreadable_files_give_one_line_named_errors(tmp_path, name, content, ma
     assert name in message and "\n" not in message
     # No chained traceback: the message alone explains the problem.
     assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+def test_missing_decoder_names_the_packages():
+    import importlib.util
+
+    from pydicom.data import get_testdata_file
+
+    from medzsad.data.errors import MissingDecoderError
+
+    if importlib.util.find_spec("gdcm") or importlib.util.find_spec("libjpeg"):
+        pytest.skip("a JPEG lossless decoder is installed")
+    path = get_testdata_file("JPEG-LL.dcm", download=False)
+    with pytest.raises(MissingDecoderError, match="python-gdcm") as info:
+        read_image(path)
+    assert "JPEG Lossless" in info.value.transfer_syntax and "dicom-codecs" in str(info.value)
