@@ -109,6 +109,7 @@ def evaluate(
         :class:`DatasetEvaluation` with the metrics report and per-sample scores.
     """
     method.to(device).eval()
+    method.reset_generator(config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate_samples)
     accumulator = MetricAccumulator()
     review: list[ReviewSample] = []

@@ -146,7 +146,6 @@ def evaluate_config(
     _require_trained(method, config)
     output_dir = Path(config.eval.output_dir)
     evaluations: dict[str, DatasetEvaluation] = {}
-    torch.manual_seed(config.eval.seed)
     for text in config.data.test:
         spec = parse_dataset_spec(text)
         dataset = open_dataset(text, config, method.image_size)

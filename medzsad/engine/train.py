@@ -151,6 +151,7 @@ def _run_epoch(
     epoch: int,
 ) -> dict[str, float]:
     torch.manual_seed(epoch_seed(config.seed, epoch))
+    method.reset_generator(epoch_seed(config.seed, epoch))
     order = epoch_order(len(dataset), config.seed, epoch)
     loader = DataLoader(
         dataset,

@@ -88,6 +88,11 @@ class ZsadMethod(nn.Module):
         self.backbone.train(False)
         return self
 
+    def reset_generator(self, seed: int | None = None) -> None:
+        """Restart the random stream the method samples from (CoPS draws VAE samples); a no-op for
+        deterministic methods. Training calls it at every epoch start and evaluation at every dataset,
+        so results do not depend on what ran before."""
+
     def predict(self, images: torch.Tensor) -> MethodOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

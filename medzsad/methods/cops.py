@@ -65,7 +65,7 @@ class CoPSConfig(MethodConfig):
         deep_prompt_tokens: deep prompt tokens per block (official ``t_n_ctx`` 4).
         dpam_start_layer: first visual block with the V-V stream (1: every block, ``--dpam 24``).
         feature_layer: visual block whose V-V tokens are the patch features (1-indexed, negative from
-            the end; official ``--features_list 24``).
+            the end; default -1 = the last block, layer 24 of ViT-L/14 = official ``--features_list 24``).
         extractor_heads: attention heads of the prototype extractor (12, hard-coded officially).
         neighbour_kernel: ``k`` of the ``k x k`` neighbour averaging of patch features, used in training
             and at test (5 for a VisA-trained model, 3 for an MVTec-trained one).
@@ -97,7 +97,7 @@ class CoPSConfig(MethodConfig):
     deep_prompt_layers: int = 8
     deep_prompt_tokens: int = 4
     dpam_start_layer: int = 1
-    feature_layer: int = 24
+    feature_layer: int = -1
     extractor_heads: int = 12
     neighbour_kernel: int = 5
     alpha: float = 0.26

@@ -40,11 +40,12 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resume_after_interruption_gives_identical_prompts(tiny_dataset, tmp_path):
-    straight = run_train(train_config(tiny_dataset, tmp_path / "straight"))
+@pytest.mark.parametrize("method", ["anomalyclip", "faprompt", "cops"])
+def test_resume_after_interruption_gives_identical_prompts(tiny_dataset, tmp_path, method):
+    straight = run_train(train_config(tiny_dataset, tmp_path / "straight", f"method={method}"))
     assert len(straight.history) == 2
 
-    config = train_config(tiny_dataset, tmp_path / "resumed")
+    config = train_config(tiny_dataset, tmp_path / "resumed", f"method={method}")
 
     def crash_after_first_epoch(epoch, losses):
         if epoch == 1:
