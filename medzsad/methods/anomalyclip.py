@@ -92,7 +92,6 @@ class AnomalyCLIP(ZsadMethod):
         super().__init__(backbone, config)
         self.config: AnomalyCLIPConfig = config
         self.prompt = AnomalyCLIPPrompt(backbone, config)
-        self._text_cache: tuple[tuple, torch.Tensor] | None = None
 
     # -- text side ---------------------------------------------------------------------------------
     def encode_prompts(self) -> torch.Tensor:
@@ -106,15 +105,9 @@ class AnomalyCLIP(ZsadMethod):
         )
 
     def text_features(self) -> torch.Tensor:
-        """L2-normalised ``[2, D]``; cached between calls while the prompts are unchanged and no
-        gradient is needed (the text does not depend on the image)."""
-        if torch.is_grad_enabled() and self.training:
-            return F.normalize(self.encode_prompts(), dim=-1)
-        key = tuple((p.data_ptr(), p._version) for p in self.prompt.parameters())
-        if self._text_cache is None or self._text_cache[0] != key:
-            with torch.no_grad():
-                self._text_cache = (key, F.normalize(self.encode_prompts(), dim=-1))
-        return self._text_cache[1]
+        """L2-normalised ``[2, D]``; cached while the prompts are unchanged (the text does not depend
+        on the image)."""
+        return self.cached_text(lambda: F.normalize(self.encode_prompts(), dim=-1))
 
     # -- image side --------------------------------------------------------------------------------
     def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:

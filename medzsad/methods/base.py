@@ -8,14 +8,16 @@ A method is a plain ``nn.Module`` with no knowledge of files, logging or data se
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -74,6 +76,7 @@ class ZsadMethod(nn.Module):
         self.backbone = backbone
         self.config = config
         self.prompt: nn.Module = nn.Module()
+        self._text_cache: tuple[tuple, Any] | None = None
 
     @property
     def image_size(self) -> int:
@@ -87,6 +90,20 @@ class ZsadMethod(nn.Module):
         super().train(mode)
         self.backbone.train(False)
         return self
+
+    def cached_text(self, compute: Callable[[], T], *extra_key: object) -> T:
+        """``compute()`` for text features that do not depend on the image, cached while the prompt
+        tensors, the device and ``extra_key`` are unchanged. In training with gradients it is always
+        recomputed, so the prompts receive their gradient."""
+        if torch.is_grad_enabled() and self.training and self.trainable_parameters():
+            return compute()
+        device = self.backbone.clip.token_embedding.weight.device
+        params = tuple((p.data_ptr(), p._version) for p in self.prompt.parameters())
+        key = (device, torch.is_autocast_enabled(), params, extra_key)
+        if self._text_cache is None or self._text_cache[0] != key:
+            with torch.no_grad():
+                self._text_cache = (key, compute())
+        return self._text_cache[1]
 
     def reset_generator(self, seed: int | None = None) -> None:
         """Restart the random stream the method samples from (CoPS draws VAE samples); a no-op for

@@ -252,7 +252,6 @@ class _TrainingFreeBaseline(ZsadMethod):
             _check_placeholders(kind, getattr(config, kind))
         _check_cls_pooling(backbone.visual)
         self.prompt = nn.Module()  # nothing to learn: checkpoints are empty
-        self._text_cache: tuple[tuple, torch.Tensor] | None = None
 
     # -- text side ---------------------------------------------------------------------------------
     def prompt_texts(self) -> tuple[list[str], list[str]]:
@@ -271,14 +270,13 @@ class _TrainingFreeBaseline(ZsadMethod):
 
     def text_features(self) -> torch.Tensor:
         """L2-normalised ``[2, D]`` float32 (normal, abnormal), computed once per device and prompt set."""
-        device = self.backbone.clip.token_embedding.weight.device
         normal, abnormal = self.prompt_texts()
-        key = (device, tuple(normal), tuple(abnormal))
-        if self._text_cache is None or self._text_cache[0] != key:
-            with torch.no_grad():
-                features = torch.stack([self._encode_side(normal, device), self._encode_side(abnormal, device)])
-            self._text_cache = (key, features)
-        return self._text_cache[1]
+
+        def encode() -> torch.Tensor:
+            device = self.backbone.clip.token_embedding.weight.device
+            return torch.stack([self._encode_side(normal, device), self._encode_side(abnormal, device)])
+
+        return self.cached_text(encode, tuple(normal), tuple(abnormal))
 
     def _probabilities(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Abnormal probability of a 2-way softmax over ``cos / temperature``, float32, shape ``[...]``."""

@@ -233,7 +233,6 @@ class FAPrompt(ZsadMethod):
         super().__init__(backbone, config)
         self.config: FAPromptConfig = config
         self.prompt = FAPromptPrompt(backbone, config)
-        self._text_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # -- text side ---------------------------------------------------------------------------------
     def _encode(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -261,13 +260,7 @@ class FAPrompt(ZsadMethod):
 
     def static_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`encode_static_prompts`, cached while the prompts are unchanged and no gradient is needed."""
-        if torch.is_grad_enabled() and self.training:
-            return self.encode_static_prompts()
-        key = tuple((p.data_ptr(), p._version) for p in self.prompt.parameters())
-        if self._text_cache is None or self._text_cache[0] != key:
-            with torch.no_grad():
-                self._text_cache = (key, self.encode_static_prompts())
-        return self._text_cache[1]
+        return self.cached_text(self.encode_static_prompts)
 
     # -- image side --------------------------------------------------------------------------------
     def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
