@@ -79,6 +79,7 @@ class MlflowBackend:
     """Talks to one tracking URI through an ``MlflowClient`` (no global MLflow state is touched)."""
 
     def __init__(self, config: TrackingConfig) -> None:
+        config.apply_telemetry_choice()
         from mlflow import MlflowClient
 
         self.config = config

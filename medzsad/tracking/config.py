@@ -56,6 +56,8 @@ class TrackingConfig:
         param_allow: glob patterns of flattened config keys that may become MLflow params.
         probe_timeout_s: seconds to wait for an HTTP tracking server to accept a connection before
             the run goes straight to the spool.
+        telemetry: leave MLflow's usage telemetry on. Off by default: clinical networks rarely
+            allow outbound calls; an explicit ``MLFLOW_DISABLE_TELEMETRY`` in the environment wins.
     """
 
     tracking_uri: str = field(default_factory=_default_tracking_uri)
@@ -66,6 +68,7 @@ class TrackingConfig:
     spool_dir: Path = field(default_factory=lambda: Path.cwd() / "mlflow-spool")
     param_allow: tuple[str, ...] = DEFAULT_PARAM_ALLOW
     probe_timeout_s: float = 3.0
+    telemetry: bool = False
 
     def __post_init__(self) -> None:
         self.artifact_location = Path(self.artifact_location).resolve()
@@ -76,6 +79,11 @@ class TrackingConfig:
                 f"tracking_uri {self.tracking_uri!r} is a file store, which MLflow 3.13+ refuses; "
                 "use sqlite:///path/to/mlflow.db or an http(s):// tracking server"
             )
+
+    def apply_telemetry_choice(self) -> None:
+        """Turn MLflow's usage telemetry off in this process unless the user chose otherwise."""
+        if not self.telemetry:
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
     @property
     def is_http(self) -> bool:

@@ -182,8 +182,12 @@ def render_tile(
     caption: str,
     side: int = 256,
     cmap: str = "inferno",
+    columns: int = 2,
 ) -> np.ndarray:
-    """Four panels side by side, captioned: image, ground-truth contour, heat map, prediction.
+    """Four captioned panels: image, ground-truth contour, heat map, prediction.
+
+    With the default two columns the tile is about square, which the MLflow image chart shows
+    larger than a wide strip; ``columns=4`` puts the panels side by side.
 
     The heat map uses the dataset's shared ``scale`` and has the scale's colour bar beneath it,
     with a tick at ``pixel_threshold``; the prediction panel fills ``map >= pixel_threshold`` in
@@ -207,13 +211,15 @@ def render_tile(
     panels = [_label(img, "image"), gt_panel, heat, pred]
 
     width, height = size
-    canvas = np.zeros((_CAPTION_H + height + _BAR_H + 2, 4 * width + 6, 3), dtype=np.uint8)
+    rows = -(-len(panels) // columns)
+    canvas = np.zeros((_CAPTION_H + rows * (height + 2) + _BAR_H, columns * (width + 2) - 2, 3), dtype=np.uint8)
     for i, panel in enumerate(panels):
-        x = i * (width + 2)
-        canvas[_CAPTION_H : _CAPTION_H + height, x : x + width] = panel
-    bar_x = 2 * (width + 2)
-    bar = _colour_bar(width, scale, pixel_threshold, cmap)
-    canvas[_CAPTION_H + height + 2 :, bar_x : bar_x + width] = bar
+        row, col = divmod(i, columns)
+        y, x = _CAPTION_H + row * (height + 2), col * (width + 2)
+        canvas[y : y + height, x : x + width] = panel
+    # The colour bar sits at the bottom, in the heat map's column.
+    bar_x = (2 % columns) * (width + 2)
+    canvas[-_BAR_H:, bar_x : bar_x + width] = _colour_bar(width, scale, pixel_threshold, cmap)
     out = Image.fromarray(canvas)
     ImageDraw.Draw(out).text((4, 3), caption, fill=(255, 255, 255), font=_font(12))
     return np.asarray(out)

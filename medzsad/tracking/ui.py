@@ -81,6 +81,7 @@ def serve_ui(
     port: int = 5000,
     wait: bool = True,
     timeout_s: float = 60.0,
+    telemetry: bool = False,
 ) -> UIServer:
     """Start ``mlflow server`` on ``store_dir/mlflow.db`` with artifacts in ``store_dir/mlartifacts``.
 
@@ -90,6 +91,7 @@ def serve_ui(
         port: TCP port.
         wait: return only once the server answers.
         timeout_s: how long to wait for it.
+        telemetry: let the server forward MLflow's UI usage telemetry (off by default).
 
     Returns:
         The running server; its log goes to ``store_dir/mlflow-ui.log``.
@@ -116,8 +118,12 @@ def serve_ui(
         "--workers", "1",
     ]  # fmt: skip
     log_path = store / "mlflow-ui.log"
+    env = dict(os.environ)
+    if not telemetry:
+        env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        env["DO_NOT_TRACK"] = "true"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=store)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=store, env=env)
     url_host = f"[{host}]" if ":" in host else host
     server = UIServer(process, f"http://{url_host}:{port}", log_path)
     if wait:

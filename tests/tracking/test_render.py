@@ -52,12 +52,18 @@ def test_tile_has_four_panels_caption_and_colour_bar() -> None:
     amap[5:10, 10:20] = 1.0
     mask = np.zeros((40, 80), dtype=bool)
     mask[10:20, 20:40] = True
-    tile = render_tile(image, amap, mask, MapScale(0.0, 1.0), 0.5, "s1 | brain", side=128)
-    assert tile.dtype == np.uint8 and tile.shape[2] == 3
-    assert tile.shape[1] == 4 * 128 + 6  # four panels of the long side 128, 2-px gaps
+    strip = render_tile(image, amap, mask, MapScale(0.0, 1.0), 0.5, "s1 | brain", side=128, columns=4)
+    assert strip.dtype == np.uint8 and strip.shape == (18 + 66 + 10, 4 * 130 - 2, 3)
     # Prediction panel (4th) has red where the map passes the threshold.
-    pred = tile[18 + 20 : 18 + 28, 3 * 130 + 36 : 3 * 130 + 60]
+    pred = strip[18 + 20 : 18 + 28, 3 * 130 + 36 : 3 * 130 + 60]
     assert pred[..., 0].mean() > pred[..., 1].mean() + 40
+
+    square = render_tile(image, amap, mask, MapScale(0.0, 1.0), 0.5, "s1 | brain", side=128)
+    assert square.shape == (18 + 2 * 66 + 10, 2 * 130 - 2, 3)
+    pred = square[18 + 66 + 20 : 18 + 66 + 28, 130 + 36 : 130 + 60]
+    assert pred[..., 0].mean() > pred[..., 1].mean() + 40
+    bar = square[-10:, :128].astype(int)
+    assert bar[5, -1].sum() > bar[5, 0].sum() + 300, "the colour bar runs dark to bright under the heat map"
 
 
 def test_tile_accepts_grayscale_and_rejects_float_images() -> None:
