@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,12 @@ def test_file_store_uris_are_rejected(tmp_path: Path) -> None:
     for uri in (str(tmp_path / "mlruns"), (tmp_path / "mlruns").as_uri()):
         with pytest.raises(ValueError, match="file store"):
             TrackingConfig(tracking_uri=uri)
+
+
+def test_system_metrics_on_request(tracking_config: TrackingConfig, client) -> None:
+    pytest.importorskip("psutil")
+    tracking_config.system_metrics = True
+    tracking_config.system_metrics_interval_s = 0.2
+    with tracked_run(tracking_config, "finetune", config_dict={}, **RUN_KWARGS) as run:
+        time.sleep(1.0)
+    assert any(key.startswith("system/cpu") for key in client.get_run(run.run_id).data.metrics)
