@@ -28,9 +28,12 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from medzsad.engine import distributed
     from medzsad.engine.jobs import run_predict
 
     summary = run_predict(_config(args), args.input, Path(args.output))
+    if not distributed.is_main():
+        return 1 if summary.failures else 0
     print(
         f"wrote {summary.images} image(s) and {summary.volumes} volume(s) to {summary.output_dir} "
         f"(scores.csv, maps/, overlays/, volumes/)"

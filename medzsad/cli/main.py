@@ -106,6 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medzsad: interrupted; completed epochs and written outputs are kept", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group the command joined (nothing to do otherwise)."""
+    module = sys.modules.get("medzsad.engine.distributed")
+    if module is not None:
+        module.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

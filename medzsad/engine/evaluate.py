@@ -4,6 +4,12 @@ Maps and masks are compared at model resolution (518² by default), as the refer
 metrics come from :class:`medzsad.metrics.MetricAccumulator` (exact AUROC/AP/F1-max/AU-PRO). Memory
 stays bounded on large archives: per-sample results keep only a score and a label, and review copies
 (downscaled image, map and mask) are kept for at most ``review_limit`` samples.
+
+Under ``torchrun`` each process evaluates one contiguous block of the dataset's samples (every sample
+exactly once, :func:`medzsad.engine.distributed.shard_range`) and writes the maps of its samples; the
+accumulator states (:meth:`MetricAccumulator.state_dict`), per-sample scores and review copies are
+gathered on rank 0 and merged there exactly (:func:`merge_shards`), so rank 0's report is the one a
+single process computes.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from medzsad.backbone.clip import CLIP_MEAN, CLIP_STD
 from medzsad.data.records import Batch, collate_samples
+from medzsad.engine import distributed
 from medzsad.engine.checkpoints import atomic_write_bytes, atomic_write_text
 from medzsad.engine.config import EvalConfig
 from medzsad.engine.runtime import autocast
@@ -82,6 +89,15 @@ def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: in
     return samples
 
 
+@dataclass
+class ShardResult:
+    """What one process's block of a dataset gives: the accumulator state, scores, review copies."""
+
+    accumulator_state: dict[str, np.ndarray]
+    samples: list[SampleResult]
+    review: list[ReviewSample]
+
+
 def evaluate(
     method: ZsadMethod,
     dataset: Dataset,
@@ -106,15 +122,99 @@ def evaluate(
         maps_dir: when given, every map is written there as ``<sample_id>.npz`` (float32).
 
     Returns:
-        :class:`DatasetEvaluation` with the metrics report and per-sample scores.
+        :class:`DatasetEvaluation` with the metrics report and per-sample scores. Under torchrun every
+        process gets the merged report; rank 0 gets every sample, review copy and the merged
+        accumulator, the other processes those of their own block.
     """
+    processes = distributed.world_size()
+    if processes == 1:
+        state = _evaluate_indices(
+            method, dataset, range(len(dataset)), config, device, name, review_limit, review_side, maps_dir
+        )
+        accumulator, samples, review = state
+        return DatasetEvaluation(name, accumulator.compute(), samples, review, accumulator)
+    local = evaluate_shard(
+        method, dataset, config, device, distributed.rank(), processes, name, review_limit, review_side, maps_dir
+    )
+    # Only the first `review_limit` review copies in dataset order are needed: send no more.
+    before = sum(distributed.all_gather_objects(len(local.review))[: distributed.rank()])
+    local.review = local.review[: max(0, review_limit - before)]
+    shards = distributed.gather_objects(local)
+    merged = merge_shards(shards, name, review_limit) if shards is not None else None
+    report = distributed.broadcast_object(merged.report if merged is not None else None)
+    if merged is not None:
+        return merged
+    return DatasetEvaluation(name, report, local.samples, local.review, None)
+
+
+def evaluate_shard(
+    method: ZsadMethod,
+    dataset: Dataset,
+    config: EvalConfig,
+    device: torch.device,
+    shard: int,
+    shards: int,
+    name: str = "dataset",
+    review_limit: int = 0,
+    review_side: int = 256,
+    maps_dir: Path | None = None,
+) -> ShardResult:
+    """Evaluate block ``shard`` of ``shards`` (:func:`~medzsad.engine.distributed.shard_range`) of the
+    dataset; :func:`merge_shards` of all blocks equals :func:`evaluate` in one process.
+
+    A method that draws random samples at test time (CoPS) draws image by image from one stream
+    restarted at every dataset; the block's stream is advanced past the draws of the samples before it,
+    so every image gets the draws it gets in one process.
+    """
+    indices = distributed.shard_range(len(dataset), shard, shards)
+    state = _evaluate_indices(method, dataset, indices, config, device, name, review_limit, review_side, maps_dir)
+    accumulator, samples, review = state
+    return ShardResult(accumulator.state_dict(), samples, review)
+
+
+def merge_shards(shards: list[ShardResult], name: str, review_limit: int = 0) -> DatasetEvaluation:
+    """The evaluation of the whole dataset from its blocks, given in block order: exact accumulator
+    merge (:meth:`MetricAccumulator.merge`), samples and review copies in dataset order."""
+    accumulator = MetricAccumulator.from_state_dict(shards[0].accumulator_state)
+    for shard in shards[1:]:
+        accumulator.merge(MetricAccumulator.from_state_dict(shard.accumulator_state))
+    samples = [sample for shard in shards for sample in shard.samples]
+    review = [copy for shard in shards for copy in shard.review][:review_limit]
+    return DatasetEvaluation(name, accumulator.compute(), samples, review, accumulator)
+
+
+def _skip_test_draws(method: ZsadMethod, images: int) -> None:
+    """Advance a sampling method's test stream past ``images`` images' draws (see :func:`evaluate_shard`)."""
+    draw = getattr(method, "_draw", None)
+    samples = getattr(method.config, "test_samples", None)
+    if draw is None or samples is None:
+        return
+    for _ in range(images):
+        draw((samples, method.backbone.embed_dim), None)
+
+
+def _evaluate_indices(
+    method: ZsadMethod,
+    dataset: Dataset,
+    indices: range,
+    config: EvalConfig,
+    device: torch.device,
+    name: str,
+    review_limit: int,
+    review_side: int,
+    maps_dir: Path | None,
+) -> tuple[MetricAccumulator, list[SampleResult], list[ReviewSample]]:
     method.to(device).eval()
     method.reset_generator(config.seed)
+    _skip_test_draws(method, indices.start)
+    if len(indices) != len(dataset):
+        dataset = Subset(dataset, indices)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate_samples)
     accumulator = MetricAccumulator()
     review: list[ReviewSample] = []
     samples: list[SampleResult] = []
-    for batch in tqdm(loader, desc=f"test {name}", leave=False, disable=None):
+    show = None if distributed.is_main() else True
+    for batch in tqdm(loader, desc=f"test {name}", leave=False, disable=show):
         scores, maps = _predict_batch(method, batch, config, device)
         _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
         labelled = [i for i in range(len(batch)) if int(batch.label[i]) >= 0]
@@ -133,13 +233,7 @@ def evaluate(
             )
         if maps_dir is not None:
             _write_maps(maps_dir, batch.sample_id, maps)
-    return DatasetEvaluation(
-        name=name,
-        report=accumulator.compute(),
-        samples=samples,
-        review=review,
-        accumulator=accumulator,
-    )
+    return accumulator, samples, review
 
 
 def _predict_batch(

@@ -18,11 +18,12 @@ from torch.utils.data import Dataset
 
 import medzsad
 from medzsad.data.transforms import ClipImageTransform, Intensity
+from medzsad.engine import distributed
 from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths
 from medzsad.engine.config import ConfigError, RunConfig
 from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
 from medzsad.engine.predict import PredictSummary, predict_paths
-from medzsad.engine.runtime import build_backbone, build_method, resolve_device
+from medzsad.engine.runtime import build_backbone, build_method
 from medzsad.engine.train import TrainResult, train
 from medzsad.methods.base import ZsadMethod
 from medzsad.tracking import Purpose, TrackingConfig, tracked_run
@@ -97,8 +98,9 @@ def open_dataset(spec: str | Path, config: RunConfig, image_size: int, root: str
 
 
 def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Path) -> PredictSummary:
-    """Maps, overlays and scores for every input (see :mod:`medzsad.engine.predict`)."""
-    device = resolve_device(config.device)
+    """Maps, overlays and scores for every input (see :mod:`medzsad.engine.predict`); under torchrun each
+    process scores its block of the inputs and rank 0 writes the merged CSVs."""
+    device = distributed.setup(config.device)
     method = build_method(config)
     _require_trained(method, config)
     transform = make_transform(config, method.image_size)
@@ -119,7 +121,8 @@ def _run_tags(config: RunConfig, method: ZsadMethod) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, target: str, aux: str | None) -> Iterator:
-    if not config.tracking.enabled:
+    """An MLflow run when tracking is on; under torchrun only rank 0 opens one (the others get None)."""
+    if not config.tracking.enabled or not distributed.is_main():
         yield None
         return
     tags = _run_tags(config, method)
@@ -140,8 +143,13 @@ def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, targ
 def evaluate_config(
     config: RunConfig, method: ZsadMethod | None = None, quiet: bool = False
 ) -> dict[str, DatasetEvaluation]:
-    """Evaluate ``config``'s method on every dataset of ``data.test``; write tables; log to MLflow."""
-    device = resolve_device(config.device)
+    """Evaluate ``config``'s method on every dataset of ``data.test``; write tables; log to MLflow.
+
+    Under torchrun every process evaluates its block of each dataset and writes its maps; rank 0 merges
+    the metrics, writes the score CSVs and tables, prints and logs to MLflow.
+    """
+    device = distributed.setup(config.device)
+    main = distributed.is_main()
     method = method if method is not None else build_method(config)
     _require_trained(method, config)
     output_dir = Path(config.eval.output_dir)
@@ -153,6 +161,8 @@ def evaluate_config(
         review_limit = 512 if config.tracking.enabled else 0
         result = evaluate(method, dataset, config.eval, device, spec.name, review_limit, maps_dir=maps_dir)
         evaluations[spec.name] = result
+        if not main:
+            continue
         write_scores(output_dir / f"scores_{spec.name}.csv", result)
         if not quiet:
             print(f"\n{spec.name} ({method.name}; pixel AU-PRO is the exact MVTec AD metric)")
@@ -160,9 +170,11 @@ def evaluate_config(
         with _maybe_tracked(config, Purpose.ZERO_SHOT_EVAL, method, spec.name, _aux_data(config)) as run:
             if run is not None:
                 _log_evaluation(run, result, config)
-    csv_path, json_path = write_tables(output_dir, evaluations)
-    if not quiet:
-        print(f"\ntables: {csv_path}, {json_path}")
+    if main:
+        csv_path, json_path = write_tables(output_dir, evaluations)
+        if not quiet:
+            print(f"\ntables: {csv_path}, {json_path}")
+    distributed.barrier()  # the tables exist for every process once this returns
     return evaluations
 
 
@@ -207,7 +219,7 @@ def run_train(config: RunConfig, finetune: bool = False) -> TrainResult:
         raise ConfigError("checkpoint: finetune continues from a trained checkpoint; give checkpoint=...")
     if not finetune and config.checkpoint:
         raise ConfigError("checkpoint: train starts from fresh prompts; use `medzsad finetune` to continue one")
-    device = resolve_device(config.device)
+    device = distributed.setup(config.device)
     backbone = build_backbone(config)
     torch.manual_seed(config.train.seed)  # prompt initialisation
     method = build_method(config, backbone)
@@ -223,6 +235,8 @@ def run_train(config: RunConfig, finetune: bool = False) -> TrainResult:
             tensors, meta = checkpoint_paths(result.last_checkpoint)
             run.log_checkpoint(tensors, meta)
     last = result.last_checkpoint
+    if not distributed.is_main():
+        return result
     print(f"trained {len(result.history)} epoch(s); last checkpoint: {last}.safetensors" if last else "no epoch run")
     return result
 
@@ -254,8 +268,9 @@ def run_table(base: RunConfig, columns: Mapping[str, RunConfig]) -> str:
         merged.eval.output_dir = str(Path(base.eval.output_dir) / label)
         results[label] = evaluate_config(merged, quiet=True)
     text = format_benchmark_table(results)
-    print(text)
-    atomic_write_text(Path(base.eval.output_dir) / "table.md", text + "\n")
+    if distributed.is_main():
+        print(text)
+        atomic_write_text(Path(base.eval.output_dir) / "table.md", text + "\n")
     return text
 
 

@@ -9,6 +9,10 @@ own grid as ``volumes/<volume_id>_map.nii.gz``.
 File names and tables carry pseudonymous sample ids only; ``sample_index.local.csv`` maps them back to
 the inputs for the user and must not be shared or logged. An unreadable input is reported on one line
 and skipped; the other inputs are still processed.
+
+Under ``torchrun`` the expanded list of inputs (files and series folders, in sorted order) is cut into
+one contiguous block per process; each process writes the maps, overlays and volumes of its inputs and
+rank 0 writes ``scores.csv`` and ``sample_index.local.csv`` with every process's rows, in input order.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from medzsad.data.readers import detect_format, iter_image_files, read_frames
 from medzsad.data.records import Batch, Sample, collate_samples
 from medzsad.data.transforms import ClipImageTransform, map_to_original
 from medzsad.data.volumes import predict_volume, read_volume, write_nifti
+from medzsad.engine import distributed
 from medzsad.engine.checkpoints import atomic_write_bytes, atomic_write_text
 from medzsad.engine.evaluate import display_images
 from medzsad.engine.runtime import autocast
@@ -152,8 +157,14 @@ class Predictor:
         self.index_rows.append(f"{volume_id},{_quote(str(path))}")
 
     def finish(self) -> None:
-        atomic_write_text(self.output_dir / "scores.csv", "\n".join(self.rows) + "\n")
-        atomic_write_text(self.output_dir / "sample_index.local.csv", "\n".join(self.index_rows) + "\n")
+        """Write the CSVs; under torchrun rank 0 writes every process's rows, in rank order."""
+        parts = distributed.gather_objects((self.rows[1:], self.index_rows[1:]))
+        if parts is None:
+            return
+        rows = self.rows[:1] + [row for part in parts for row in part[0]]
+        index_rows = self.index_rows[:1] + [row for part in parts for row in part[1]]
+        atomic_write_text(self.output_dir / "scores.csv", "\n".join(rows) + "\n")
+        atomic_write_text(self.output_dir / "sample_index.local.csv", "\n".join(index_rows) + "\n")
 
 
 def _quote(text: str) -> str:
@@ -199,13 +210,20 @@ def predict_paths(
     precision: str = "fp32",
     report: Callable[[str], None] = print,
 ) -> PredictSummary:
-    """Score every input; unreadable ones are reported (one line each) and skipped."""
+    """Score every input; unreadable ones are reported (one line each) and skipped.
+
+    Under torchrun each process scores its block of the inputs and reports its own unreadable ones;
+    the returned summary (counts, failures) covers every process's inputs, on every process.
+    """
     summary = PredictSummary(Path(output_dir))
     predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision)
+    inputs = list(inputs)
     paths = list(expand_inputs(inputs))
     if not paths:
         raise DataError(Path(*[str(i) for i in inputs][:1] or ["."]), "no images or scans found")
-    for path in tqdm(paths, desc="predict", disable=None):
+    block = distributed.shard_range(len(paths))
+    show = None if distributed.is_main() else True
+    for path in tqdm(paths[block.start : block.stop], desc="predict", disable=show):
         try:
             if _is_volume(path):
                 predictor.predict_volume(path)
@@ -218,4 +236,9 @@ def predict_paths(
             summary.failures.append(str(exc))
             report(f"skipped: {exc}")
     predictor.finish()
+    if distributed.world_size() > 1:
+        parts = distributed.all_gather_objects((summary.images, summary.volumes, summary.failures))
+        summary.images = sum(part[0] for part in parts)
+        summary.volumes = sum(part[1] for part in parts)
+        summary.failures = [failure for part in parts for failure in part[2]]
     return summary

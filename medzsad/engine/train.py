@@ -6,22 +6,32 @@ so an epoch's result depends only on the state at its start. After each epoch th
 (``epoch_<e>.safetensors`` + ``.json``) and the optimiser state (``state.pt``, tensors only) are
 written atomically; a resumed run loads ``state.pt`` and continues with epoch ``e + 1``, giving the
 same prompts as a run that was never interrupted.
+
+Under ``torchrun`` (see :mod:`medzsad.engine.distributed` and ``docs/distributed.md``) every process
+follows the same epoch order and takes its contiguous slice of every global batch of
+``train.batch_size`` images; only the prompt modules are wrapped in ``DistributedDataParallel``. Each
+process scales its loss so that the averaged gradient is the gradient of the loss of the whole global
+batch, including the terms that are not means over the batch's images (see :func:`batch_level_terms`);
+rank 0 writes checkpoints and ``state.pt`` and every process resumes from rank 0's state.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from medzsad.data.records import Batch, collate_samples
+from medzsad.engine import distributed
 from medzsad.engine.checkpoints import save_checkpoint
 from medzsad.engine.config import TrainConfig
 from medzsad.engine.runtime import autocast
@@ -85,6 +95,263 @@ def _check_labels(batch: Batch) -> None:
         raise TrainingError("training needs a normal/abnormal label for every image; some samples have none")
 
 
+# -- sharing global batches between processes ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepShare:
+    """One process's part of one global batch.
+
+    Attributes:
+        indices: dataset indices this process runs; a process whose part is empty (the last, short
+            global batch has fewer images than processes) runs the batch's first image as a placeholder
+            whose loss is multiplied by 0, so that it still takes part in the gradient reduction.
+        size: how many images of the global batch are this process's (0 for a placeholder).
+        offset: position of the first of them in the global batch.
+        global_size: images in the global batch.
+    """
+
+    indices: list[int]
+    size: int
+    offset: int
+    global_size: int
+
+
+def step_shares(order: Sequence[int], batch_size: int, steps: int, shard: int = 0, shards: int = 1) -> list[StepShare]:
+    """Process ``shard``'s contiguous slice of each of the first ``steps`` global batches of ``order``.
+
+    The slices of a full batch are ``batch_size // shards`` images each; a short last batch is split
+    as evenly as possible. With one process every share is the whole global batch.
+    """
+    shares = []
+    for step in range(steps):
+        batch = list(order[step * batch_size : (step + 1) * batch_size])
+        if not batch:
+            break
+        part = distributed.shard_range(len(batch), shard, shards)
+        indices = batch[part.start : part.stop]
+        shares.append(StepShare(indices or batch[:1], len(indices), part.start, len(batch)))
+    return shares
+
+
+def check_batch_size(batch_size: int, processes: int) -> None:
+    """The global batch must split evenly over the processes."""
+    if batch_size % processes:
+        lower = max(processes, batch_size - batch_size % processes)
+        raise TrainingError(
+            f"train.batch_size={batch_size} cannot be split evenly over {processes} processes; "
+            f"use a multiple of {processes} (e.g. train.batch_size={lower} or {lower + processes}) "
+            "or launch another number of processes"
+        )
+
+
+@dataclass(frozen=True)
+class BatchTerm:
+    """A loss term that is *not* the mean of a per-image value over the batch's images.
+
+    Attributes:
+        weight: the term's coefficient in ``LossOutput.total``.
+        count: ``None`` when the term is a sum over the batch's images; otherwise the term is a mean over
+            ``count(method, batch)`` items of the batch (normal images, anomalous patches...).
+    """
+
+    weight: float
+    count: Callable[[ZsadMethod, Batch], int] | None = None
+
+
+def _normal_images(method: ZsadMethod, batch: Batch) -> int:
+    return int((batch.label == 0).sum())
+
+
+def _cops_patches(anomalous: bool) -> Callable[[ZsadMethod, Batch], int]:
+    def count(method: ZsadMethod, batch: Batch) -> int:
+        from medzsad.methods.cops import patch_ground_truth
+
+        grid = method.backbone.visual.grid_for(tuple(batch.image.shape[-2:]))
+        labels = patch_ground_truth(batch.mask.float(), grid) != 0
+        return int(labels.sum()) if anomalous else int((~labels).sum())
+
+    return count
+
+
+def batch_level_terms(method: ZsadMethod) -> dict[str, BatchTerm]:
+    """The loss terms of ``method`` that are not means over the batch's images.
+
+    Every other term (cross-entropy, focal, per-image Dice, KL...) is a mean over the images of the
+    batch, or does not depend on the batch at all (FAPrompt's orthogonality term), and a process's
+    share of it is weighted by its share of the images. These are weighted differently:
+
+    - FAPrompt's prior loss, ``prior_loss_reduction="sum"`` (official): a *sum* over the batch's normal
+      images. Each process keeps its whole local sum, so the averaged gradient equals one process's on
+      the global batch; left as it is, DDP would average the local sums and weaken the prior term by
+      the number of processes.
+    - FAPrompt's prior loss, ``"mean"``: a mean over the global batch's normal images (their number is
+      summed over the processes at every step).
+    - CoPS's gather and scatter terms: means over the batch's normal and anomalous *patches*.
+
+    Not covered: CoPS's reconstruction term with ``recon_all_pairs=True`` compares every image with every
+    other image's sample; under DDP only pairs within a process are compared. It is off by default
+    (``recon_weight=0``).
+    """
+    config: Any = method.config
+    if method.name == "faprompt":
+        count = None if config.prior_loss_reduction == "sum" else _normal_images
+        return {"prior": BatchTerm(config.prior_weight, count)}
+    if method.name == "cops":
+        return {"gather": BatchTerm(1.0, _cops_patches(False)), "scatter": BatchTerm(1.0, _cops_patches(True))}
+    return {}
+
+
+class PromptLoss(nn.Module):
+    """What ``DistributedDataParallel`` wraps: the prompt modules (its only parameters) and, as its
+    forward, the method's training loss. The frozen backbone is not a submodule, so it is neither
+    broadcast nor reduced."""
+
+    def __init__(self, method: ZsadMethod) -> None:
+        super().__init__()
+        self.prompt = method.prompt
+        self._method = [method]  # a list: not registered as a submodule
+
+    def forward(
+        self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        method = self._method[0]
+        extra = {} if noise is None else {"noise": noise}
+        losses = method.loss(images, masks, labels, **extra)
+        return losses.total, losses.terms
+
+
+def wrap_ddp(method: ZsadMethod, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel`` over :class:`PromptLoss`: gradients of the prompt modules only.
+
+    Buffers (token ids, frozen prompt pieces) are identical on every process and are not re-broadcast
+    at every forward. A method with a term that is a mean over counted items (CoPS's scatter term over
+    anomalous patches) has no graph for that term on a process without such items, so the parameters
+    only it reaches (CoPS's ``t_a``) can be unused there: DDP then looks for unused parameters, and a
+    parameter unused on every process keeps no gradient, as in one process.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    options: dict[str, Any] = {
+        "device_ids": [device] if device.type == "cuda" else None,
+        "find_unused_parameters": any(term.count is not None for term in batch_level_terms(method).values()),
+    }
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        options["forward_sync_buffers"] = False
+    else:  # older torch
+        options["broadcast_buffers"] = False
+    return DistributedDataParallel(PromptLoss(method), **options)
+
+
+def _draws_training_noise(method: ZsadMethod) -> bool:
+    """Methods that draw a random number per image in training (CoPS's VAE posterior sample)."""
+    return hasattr(method, "_draw") and "noise" in inspect.signature(method.loss).parameters
+
+
+def _share_noise(method: ZsadMethod, share: StepShare) -> torch.Tensor:
+    """The rows of this process's images in the noise one process would draw for the whole global batch
+    (every process draws the whole batch's, so the method's generator advances identically)."""
+    noise = method._draw((share.global_size, method.backbone.embed_dim), None)  # type: ignore[attr-defined]
+    return noise[share.offset : share.offset + share.size] if share.size else noise[:1]
+
+
+def batch_counts(
+    method: ZsadMethod, batch: Batch, share: StepShare, special: Mapping[str, BatchTerm]
+) -> dict[str, int]:
+    """This process's ``count`` of every counted batch-level term (0 for a placeholder share)."""
+    return {
+        name: (term.count(method, batch) if share.size else 0)
+        for name, term in special.items()
+        if term.count is not None
+    }
+
+
+def process_loss(
+    total: torch.Tensor,
+    terms: Mapping[str, torch.Tensor],
+    share: StepShare,
+    special: Mapping[str, BatchTerm],
+    counts: Mapping[str, int],
+    global_counts: Mapping[str, float],
+    processes: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss one process back-propagates, and the share of every term's global-batch value its term
+    stands for.
+
+    DDP averages the processes' gradients, so the loss is scaled such that the sum over processes,
+    divided by their number, is the loss of the whole global batch: a mean term is weighted by the
+    process's share of the images, a summed term (:class:`BatchTerm` without ``count``) is kept whole,
+    a term that is a mean over counted items by the process's share of those items.
+
+    Args:
+        total, terms: the method's loss on this process's images.
+        share: which images of the global batch they are.
+        special: :func:`batch_level_terms` of the method.
+        counts, global_counts: :func:`batch_counts` here and summed over the processes.
+        processes: the world size.
+    """
+    fraction = share.size / share.global_size
+    share_of = dict.fromkeys(terms, fraction)
+    for name, term in special.items():
+        if term.count is None:
+            share_of[name] = 1.0
+        else:
+            share_of[name] = counts[name] / global_counts[name] if global_counts[name] else 0.0
+    if not share.size:
+        share_of = dict.fromkeys(share_of, 0.0)
+    loss = total if processes * fraction == 1.0 else total * (processes * fraction)
+    for name, term in special.items():
+        correction = processes * term.weight * (share_of[name] - fraction)
+        if correction:
+            loss = loss + correction * terms[name]
+    return loss, share_of
+
+
+def _distributed_step(
+    model: nn.Module,
+    method: ZsadMethod,
+    batch: Batch,
+    share: StepShare,
+    special: Mapping[str, BatchTerm],
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """Forward, backward and step of one process; returns the loss terms of the whole global batch."""
+    processes = distributed.world_size()
+    noise = _share_noise(method, share) if _draws_training_noise(method) else None
+    with autocast(device, config.precision):
+        total, terms = model(batch.image, batch.mask, batch.label, noise)
+    counts = batch_counts(method, batch, share, special)
+    global_counts = dict(counts)
+    if counts:
+        summed = distributed.all_reduce_sum(torch.tensor(list(counts.values()), dtype=torch.float64, device=device))
+        global_counts = dict(zip(counts, summed.tolist()))
+    loss, share_of = process_loss(total, terms, share, special, counts, global_counts, processes)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    names = list(terms)
+    values = [loss.detach().double() / processes]
+    values += [terms[name].detach().double() * share_of[name] for name in names]
+    reduced = distributed.all_reduce_sum(torch.stack(values)).tolist()
+    return {"total": reduced[0], **dict(zip(names, reduced[1:]))}
+
+
+def _resume_state(state_path: Path, resume: bool) -> dict[str, Any] | None:
+    """``state.pt`` read by rank 0 and sent to every process (other nodes need not see rank 0's disk)."""
+    outcome: tuple[str, Any] = ("none", None)
+    if distributed.is_main() and resume and state_path.is_file():
+        try:
+            outcome = ("state", _load_state(state_path))
+        except TrainingError as exc:
+            outcome = ("error", str(exc))
+    outcome = distributed.broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise TrainingError(outcome[1])
+    return outcome[1]
+
+
 def train(
     method: ZsadMethod,
     dataset: Dataset,
@@ -100,45 +367,62 @@ def train(
         dataset: a map-style dataset of :class:`medzsad.data.records.Sample`.
         config: epochs, batch size, optimiser, seed, output folder, resume flag.
         device: where to run.
-        on_epoch: called after every completed epoch with ``(epoch, mean loss terms)``.
+        on_epoch: called after every completed epoch with ``(epoch, mean loss terms)``, by rank 0 only
+            under torchrun.
         extra_metadata: stored in every checkpoint's ``training`` record (aux data name, ...).
 
     Returns:
-        :class:`TrainResult`.
+        :class:`TrainResult` (the same on every process under torchrun).
+
+    Raises:
+        TrainingError: empty data, unlabelled samples, an unreadable ``state.pt``, or a batch size that
+            does not split evenly over the torchrun processes.
     """
     if len(dataset) == 0:
         raise TrainingError("the training set is empty")
+    processes = distributed.world_size()
+    check_batch_size(config.batch_size, processes)
+    main = distributed.is_main()
     output_dir = Path(config.output_dir)
     method.to(device)
     optimizer = torch.optim.Adam(method.trainable_parameters(), lr=config.lr, betas=tuple(config.betas))
     result = TrainResult(last_checkpoint=None)
     start_epoch = 1
     state_path = output_dir / STATE_FILE
-    if config.resume and state_path.is_file():
-        state = _load_state(state_path)
+    state = _resume_state(state_path, config.resume)
+    if state is not None:
         method.prompt.load_state_dict(state["prompt"])
         optimizer.load_state_dict(state["optimizer"])
         result.history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
         result.resumed_from_epoch = int(state["epoch"])
         result.last_checkpoint = checkpoint_stem(output_dir, int(state["epoch"]))
+    model = wrap_ddp(method, device) if processes > 1 else None
     for epoch in range(start_epoch, config.epochs + 1):
-        means = _run_epoch(method, dataset, optimizer, config, device, epoch)
+        means = _run_epoch(method, dataset, optimizer, config, device, epoch, model)
         result.history.append(means)
-        training_record = {**dict(extra_metadata or {}), "epoch": epoch, "seed": config.seed, "losses": means}
-        save_checkpoint(method, checkpoint_stem(output_dir, epoch), training_record)
-        _atomic_torch_save(
-            {
+        if main:
+            training_record = {
+                **dict(extra_metadata or {}),
                 "epoch": epoch,
-                "prompt": {k: v.detach().cpu() for k, v in method.prompt.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "history": result.history,
-            },
-            state_path,
-        )
+                "seed": config.seed,
+                "losses": means,
+                **({"processes": processes} if processes > 1 else {}),
+            }
+            save_checkpoint(method, checkpoint_stem(output_dir, epoch), training_record)
+            _atomic_torch_save(
+                {
+                    "epoch": epoch,
+                    "prompt": {k: v.detach().cpu() for k, v in method.prompt.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "history": result.history,
+                },
+                state_path,
+            )
         result.last_checkpoint = checkpoint_stem(output_dir, epoch)
-        if on_epoch is not None:
+        if on_epoch is not None and main:
             on_epoch(epoch, means)
+    distributed.barrier()  # the last checkpoint exists for every process once train returns
     return result
 
 
@@ -149,34 +433,39 @@ def _run_epoch(
     config: TrainConfig,
     device: torch.device,
     epoch: int,
+    model: nn.Module | None = None,
 ) -> dict[str, float]:
     torch.manual_seed(epoch_seed(config.seed, epoch))
     method.reset_generator(epoch_seed(config.seed, epoch))
     order = epoch_order(len(dataset), config.seed, epoch)
+    batches = -(-len(order) // config.batch_size)
+    steps = batches if config.max_steps_per_epoch is None else min(batches, config.max_steps_per_epoch)
+    shares = step_shares(order, config.batch_size, steps, distributed.rank(), distributed.world_size())
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        sampler=order,
+        batch_sampler=[share.indices for share in shares],
         collate_fn=collate_samples,
         pin_memory=device.type == "cuda",
     )
-    steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
+    special = batch_level_terms(method)
     totals: dict[str, float] = {}
     method.train()
-    progress = tqdm(loader, total=steps, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=None)
-    for step, batch in enumerate(progress, start=1):
+    show = None if distributed.is_main() else True
+    progress = tqdm(loader, total=steps, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=show)
+    for share, batch in zip(shares, progress):
         _check_labels(batch)
         batch = batch.to(device, non_blocking=True)
-        with autocast(device, config.precision):
-            losses = method.loss(batch.image, batch.mask, batch.label)
-        optimizer.zero_grad(set_to_none=True)
-        losses.total.backward()
-        optimizer.step()
-        terms = {"total": float(losses.total.detach()), **{k: float(v.detach()) for k, v in losses.terms.items()}}
+        if model is None:
+            with autocast(device, config.precision):
+                losses = method.loss(batch.image, batch.mask, batch.label)
+            optimizer.zero_grad(set_to_none=True)
+            losses.total.backward()
+            optimizer.step()
+            terms = {"total": float(losses.total.detach()), **{k: float(v.detach()) for k, v in losses.terms.items()}}
+        else:
+            terms = _distributed_step(model, method, batch, share, special, optimizer, config, device)
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + value
         progress.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("total", "image_ce")})
-        if step >= steps:
-            break
     progress.close()
     return {name: value / steps for name, value in totals.items()}
