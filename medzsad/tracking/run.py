@@ -373,6 +373,8 @@ class TrackedRun:
                 "refused; set TrackingConfig(deidentified=True) only if the pixels are de-identified"
             )
         sample_id = sample.checked_id()
+        if int(sample.label) not in (0, 1):
+            raise ValueError(f"sample {sample_id!r}: label must be 0 (normal) or 1 (anomalous), got {sample.label!r}")
         if sample_id in seen:
             raise ValueError(f"duplicate sample_id {sample_id!r} in one dataset")
         seen.add(sample_id)
