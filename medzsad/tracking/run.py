@@ -58,7 +58,14 @@ def _safe_name(value: str, what: str) -> str:
     return value
 
 
+def mlflow_metric_key(name: str) -> str:
+    """A medzsad metric name as MLflow accepts it: ``pixel_aupro@0.3[mvtec-exact]`` ->
+    ``pixel_aupro_0.3_mvtec-exact`` (MLflow keys allow letters, digits, ``_ - . /`` and spaces)."""
+    return name.replace("@", "_").replace("[", "_").replace("]", "")
+
+
 def _metric_key(key: str) -> str:
+    key = mlflow_metric_key(key)
     phi_guard(key, f"metric name {key!r}")
     if not _METRIC_KEY.match(key):
         raise ValueError(f"metric name {key!r} may only hold letters, digits, '_', '-', '.', ' ' and '/'")

@@ -233,3 +233,10 @@ def test_system_metrics_on_request(tracking_config: TrackingConfig, client) -> N
     with tracked_run(tracking_config, "finetune", config_dict={}, **RUN_KWARGS) as run:
         time.sleep(1.0)
     assert any(key.startswith("system/cpu") for key in client.get_run(run.run_id).data.metrics)
+
+
+def test_metric_variant_names_become_mlflow_keys():
+    from medzsad.tracking.run import mlflow_metric_key
+
+    assert mlflow_metric_key("pixel_aupro@0.3[mvtec-exact]") == "pixel_aupro_0.3_mvtec-exact"
+    assert mlflow_metric_key("brain/dice@0.5") == "brain/dice_0.5"
