@@ -101,13 +101,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(commands.dispatch(args) or 0)
     except _user_errors() as exc:
-        print(f"medzsad: error: {exc}", file=sys.stderr)
+        print(f"medzsad: error{_process_note()}: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("medzsad: interrupted; completed epochs and written outputs are kept", file=sys.stderr)
         return 130
     finally:
         _leave_process_group()
+
+
+def _process_note() -> str:
+    """`` (rank 1 of 4)`` under torchrun, so a message names the process that hit it; empty otherwise."""
+    module = sys.modules.get("medzsad.engine.distributed")
+    if module is None or not module.is_initialized():
+        return ""
+    return f" (rank {module.rank()} of {module.world_size()})"
 
 
 def _leave_process_group() -> None:
