@@ -35,7 +35,7 @@ from medzsad.engine import distributed
 from medzsad.engine.checkpoints import save_checkpoint
 from medzsad.engine.config import TrainConfig
 from medzsad.engine.runtime import autocast
-from medzsad.methods.base import ZsadMethod
+from medzsad.methods.base import BatchTerm, ZsadMethod
 
 STATE_FILE = "state.pt"
 EpochCallback = Callable[[int, Mapping[str, float]], None]
@@ -145,41 +145,13 @@ def check_batch_size(batch_size: int, processes: int) -> None:
         )
 
 
-@dataclass(frozen=True)
-class BatchTerm:
-    """A loss term that is *not* the mean of a per-image value over the batch's images.
-
-    Attributes:
-        weight: the term's coefficient in ``LossOutput.total``.
-        count: ``None`` when the term is a sum over the batch's images; otherwise the term is a mean over
-            ``count(method, batch)`` items of the batch (normal images, anomalous patches...).
-    """
-
-    weight: float
-    count: Callable[[ZsadMethod, Batch], int] | None = None
-
-
-def _normal_images(method: ZsadMethod, batch: Batch) -> int:
-    return int((batch.label == 0).sum())
-
-
-def _cops_patches(anomalous: bool) -> Callable[[ZsadMethod, Batch], int]:
-    def count(method: ZsadMethod, batch: Batch) -> int:
-        from medzsad.methods.cops import patch_ground_truth
-
-        grid = method.backbone.visual.grid_for(tuple(batch.image.shape[-2:]))
-        labels = patch_ground_truth(batch.mask.float(), grid) != 0
-        return int(labels.sum()) if anomalous else int((~labels).sum())
-
-    return count
-
-
 def batch_level_terms(method: ZsadMethod) -> dict[str, BatchTerm]:
     """The loss terms of ``method`` that are not means over the batch's images.
 
     Every other term (cross-entropy, focal, per-image Dice, KL...) is a mean over the images of the
     batch, or does not depend on the batch at all (FAPrompt's orthogonality term), and a process's
-    share of it is weighted by its share of the images. These are weighted differently:
+    share of it is weighted by its share of the images. The method declares the others
+    (:meth:`ZsadMethod.batch_level_terms`), e.g.:
 
     - FAPrompt's prior loss, ``prior_loss_reduction="sum"`` (official): a *sum* over the batch's normal
       images. Each process keeps its whole local sum, so the averaged gradient equals one process's on
@@ -193,13 +165,7 @@ def batch_level_terms(method: ZsadMethod) -> dict[str, BatchTerm]:
     other image's sample; under DDP only pairs within a process are compared. It is off by default
     (``recon_weight=0``).
     """
-    config: Any = method.config
-    if method.name == "faprompt":
-        count = None if config.prior_loss_reduction == "sum" else _normal_images
-        return {"prior": BatchTerm(config.prior_weight, count)}
-    if method.name == "cops":
-        return {"gather": BatchTerm(1.0, _cops_patches(False)), "scatter": BatchTerm(1.0, _cops_patches(True))}
-    return {}
+    return method.batch_level_terms()
 
 
 class PromptLoss(nn.Module):
@@ -243,15 +209,12 @@ def wrap_ddp(method: ZsadMethod, device: torch.device) -> nn.Module:
     return DistributedDataParallel(PromptLoss(method), **options)
 
 
-def _draws_training_noise(method: ZsadMethod) -> bool:
-    """Methods that draw a random number per image in training (CoPS's VAE posterior sample)."""
-    return hasattr(method, "_draw") and "noise" in inspect.signature(method.loss).parameters
-
-
-def _share_noise(method: ZsadMethod, share: StepShare) -> torch.Tensor:
+def _share_noise(method: ZsadMethod, share: StepShare) -> torch.Tensor | None:
     """The rows of this process's images in the noise one process would draw for the whole global batch
     (every process draws the whole batch's, so the method's generator advances identically)."""
-    noise = method._draw((share.global_size, method.backbone.embed_dim), None)  # type: ignore[attr-defined]
+    noise = method.draw_training_noise(share.global_size)
+    if noise is None:
+        return None
     return noise[share.offset : share.offset + share.size] if share.size else noise[:1]
 
 
@@ -260,7 +223,7 @@ def batch_counts(
 ) -> dict[str, int]:
     """This process's ``count`` of every counted batch-level term (0 for a placeholder share)."""
     return {
-        name: (term.count(method, batch) if share.size else 0)
+        name: (term.count(batch.image, batch.mask, batch.label) if share.size else 0)
         for name, term in special.items()
         if term.count is not None
     }
@@ -319,7 +282,7 @@ def _distributed_step(
 ) -> dict[str, float]:
     """Forward, backward and step of one process; returns the loss terms of the whole global batch."""
     processes = distributed.world_size()
-    noise = _share_noise(method, share) if _draws_training_noise(method) else None
+    noise = _share_noise(method, share)
     with autocast(device, config.precision):
         total, terms = model(batch.image, batch.mask, batch.label, noise)
     counts = batch_counts(method, batch, share, special)

@@ -47,6 +47,22 @@ class LossOutput:
     terms: dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class BatchTerm:
+    """A loss term that is *not* a mean of a per-image value over the batch's images.
+
+    Data-parallel training needs to know such terms to weigh each process's share correctly.
+
+    Attributes:
+        weight: the term's coefficient in ``LossOutput.total``.
+        count: ``None`` when the term is a sum over the batch's images; otherwise the term is a mean over
+            ``count(images, masks, labels)`` items of the batch (normal images, anomalous patches...).
+    """
+
+    weight: float
+    count: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], int] | None = None
+
+
 @dataclass
 class MethodConfig:
     """Base of the per-method configs: the fields every method has."""
@@ -104,6 +120,16 @@ class ZsadMethod(nn.Module):
             with torch.no_grad():
                 self._text_cache = (key, compute())
         return self._text_cache[1]
+
+    def batch_level_terms(self) -> dict[str, BatchTerm]:
+        """Loss terms that are not means over the batch's images (see :class:`BatchTerm`); none by default."""
+        return {}
+
+    def draw_training_noise(self, batch_size: int) -> torch.Tensor | None:
+        """The random draws of one training batch (``loss(..., noise=...)``), for methods that sample per
+        image in training; ``None`` for deterministic methods. Data-parallel training draws the whole
+        global batch on every process and gives each its rows, so results match one process."""
+        return None
 
     def reset_generator(self, seed: int | None = None) -> None:
         """Restart the random stream the method samples from (CoPS draws VAE samples); a no-op for

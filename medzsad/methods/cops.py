@@ -24,7 +24,7 @@ Official quirks reproduced by default (parity README §5 #7, #12-#17) are listed
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
 from medzsad.backbone.visual import VisualFeatures
-from medzsad.methods.base import LossOutput, MethodConfig, MethodOutput, ZsadMethod, load_prompt_state
+from medzsad.methods.base import BatchTerm, LossOutput, MethodConfig, MethodOutput, ZsadMethod, load_prompt_state
 from medzsad.methods.losses import segmentation_loss
 from medzsad.methods.postprocess import (
     gaussian_blur,
@@ -292,6 +292,25 @@ class CoPS(ZsadMethod):
         """Restart the default generator from ``seed`` (default ``config.seed``): the next predictions
         repeat the previous run's draws exactly."""
         self._generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
+
+    def draw_training_noise(self, batch_size: int) -> torch.Tensor:
+        """The VAE posterior draws ``[batch_size, D]`` of one training batch, from the method's generator."""
+        return self._draw((batch_size, self.backbone.embed_dim), None)
+
+    def batch_level_terms(self) -> dict[str, BatchTerm]:
+        """Gather and scatter are means over the batch's normal and anomalous *patches*."""
+        return {
+            "gather": BatchTerm(1.0, self._patch_counter(False)),
+            "scatter": BatchTerm(1.0, self._patch_counter(True)),
+        }
+
+    def _patch_counter(self, anomalous: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], int]:
+        def count(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> int:
+            grid = self.backbone.visual.grid_for(tuple(images.shape[-2:]))
+            patch_labels = patch_ground_truth(masks.float(), grid) != 0
+            return int(patch_labels.sum()) if anomalous else int((~patch_labels).sum())
+
+        return count
 
     def _draw(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
         if generator is None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
-from medzsad.methods.base import LossOutput, MethodConfig, MethodOutput, ZsadMethod, load_prompt_state
+from medzsad.methods.base import BatchTerm, LossOutput, MethodConfig, MethodOutput, ZsadMethod, load_prompt_state
 from medzsad.methods.losses import binary_focal_loss, binary_focal_loss_with_logits, segmentation_loss
 from medzsad.methods.postprocess import gaussian_blur, patch_grid_maps, upsample
 from medzsad.prompts import PromptSlots, init_context, init_deep_prompts, placeholder_prompt
@@ -178,6 +178,10 @@ class FAPromptPrompt(nn.Module):
         return torch.cat([normal, abnormal], dim=1).flatten(0, 1), ids
 
 
+def _count_normal_images(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> int:
+    return int((labels == 0).sum())
+
+
 def text_pair(normal: torch.Tensor, abnormal: torch.Tensor) -> torch.Tensor:
     """``[..., 1, D]`` normal and ``[..., K, D]`` abnormality embeddings (un-normalised) -> the L2-normalised
     pair ``[..., 2, D]`` of (normal, mean of the abnormality embeddings)."""
@@ -257,6 +261,11 @@ class FAPrompt(ZsadMethod):
         raw = self._encode(*self.prompt.dynamic_token_embeddings(prior_bias))
         raw = raw.reshape(prior_bias.shape[0], 1 + self.config.num_abnormality_prompts, -1)
         return raw[:, :1], raw[:, 1:]
+
+    def batch_level_terms(self) -> dict[str, BatchTerm]:
+        """The prior loss sums (official) or averages over the batch's *normal* images."""
+        count = None if self.config.prior_loss_reduction == "sum" else _count_normal_images
+        return {"prior": BatchTerm(self.config.prior_weight, count)}
 
     def static_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`encode_static_prompts`, cached while the prompts are unchanged and no gradient is needed."""
