@@ -36,7 +36,6 @@ class DataConfig:
         ct_window: CT window ``[level, width]`` in HU applied to CT scans.
         mri_percentiles: ``[low, high]`` percentiles for MRI intensity scaling.
         slice_axis: axis along which 3-D volumes are cut into 2-D slices.
-        num_workers: data-loading worker processes.
     """
 
     train: str | None = None
@@ -47,7 +46,6 @@ class DataConfig:
     ct_window: list[float] = field(default_factory=lambda: [40.0, 80.0])
     mri_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
     slice_axis: int = 2
-    num_workers: int = 0
 
 
 @dataclass
@@ -64,6 +62,7 @@ class TrainConfig:
         resume: continue from the last complete epoch in ``output_dir`` if there is one.
         max_steps_per_epoch: cap on steps per epoch (smoke runs); ``None`` for full epochs.
         precision: "fp32", or "bf16"/"fp16" autocast for the frozen backbone on GPU.
+        num_workers: data-loading worker processes.
     """
 
     epochs: int = 15
@@ -75,6 +74,7 @@ class TrainConfig:
     resume: bool = True
     max_steps_per_epoch: int | None = None
     precision: str = "fp32"
+    num_workers: int = 0
 
 
 @dataclass
@@ -90,6 +90,8 @@ class EvalConfig:
         dice_threshold: threshold on the anomaly map for Dice/IoU and the normal-image FP rate.
         precision: "fp32", or "bf16"/"fp16" autocast on GPU.
         seed: seed of any sampling at test time (CoPS draws VAE samples).
+        num_workers: data-loading worker processes (reading and resizing scans overlaps the model).
+        compile: ``torch.compile`` the method's forward (worth it for long runs on a GPU).
     """
 
     batch_size: int = 8
@@ -100,6 +102,8 @@ class EvalConfig:
     dice_threshold: float = 0.5
     precision: str = "fp32"
     seed: int = 0
+    num_workers: int = 0
+    compile: bool = False
 
 
 @dataclass

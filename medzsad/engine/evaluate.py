@@ -15,7 +15,7 @@ single process computes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from medzsad.engine import distributed
 from medzsad.engine.checkpoints import atomic_write_bytes, atomic_write_text
 from medzsad.engine.config import EvalConfig
 from medzsad.engine.runtime import autocast
-from medzsad.methods.base import ZsadMethod
+from medzsad.methods.base import MethodOutput, ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
 from medzsad.tracking.review import ReviewSample
 
@@ -183,16 +183,6 @@ def merge_shards(shards: list[ShardResult], name: str, review_limit: int = 0) ->
     return DatasetEvaluation(name, accumulator.compute(), samples, review, accumulator)
 
 
-def _skip_test_draws(method: ZsadMethod, images: int) -> None:
-    """Advance a sampling method's test stream past ``images`` images' draws (see :func:`evaluate_shard`)."""
-    draw = getattr(method, "_draw", None)
-    samples = getattr(method.config, "test_samples", None)
-    if draw is None or samples is None:
-        return
-    for _ in range(images):
-        draw((samples, method.backbone.embed_dim), None)
-
-
 def _evaluate_indices(
     method: ZsadMethod,
     dataset: Dataset,
@@ -206,16 +196,27 @@ def _evaluate_indices(
 ) -> tuple[MetricAccumulator, list[SampleResult], list[ReviewSample]]:
     method.to(device).eval()
     method.reset_generator(config.seed)
-    _skip_test_draws(method, indices.start)
+    method.skip_test_draws(indices.start)
     if len(indices) != len(dataset):
         dataset = Subset(dataset, indices)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate_samples)
-    accumulator = MetricAccumulator()
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=False,
+        collate_fn=collate_samples,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    accumulator = MetricAccumulator(
+        segmentation_thresholds=(config.dice_threshold,), include_cflow200=config.aupro_compat
+    )
+    predict = torch.compile(method.predict) if config.compile else method.predict
     review: list[ReviewSample] = []
     samples: list[SampleResult] = []
     show = None if distributed.is_main() else True
     for batch in tqdm(loader, desc=f"test {name}", leave=False, disable=show):
-        scores, maps = _predict_batch(method, batch, config, device)
+        scores, maps = _predict_batch(predict, batch, config, device)
         _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
         labelled = [i for i in range(len(batch)) if int(batch.label[i]) >= 0]
         if len(review) < review_limit and labelled:
@@ -237,11 +238,11 @@ def _evaluate_indices(
 
 
 def _predict_batch(
-    method: ZsadMethod, batch: Batch, config: EvalConfig, device: torch.device
+    predict: Callable[[torch.Tensor], MethodOutput], batch: Batch, config: EvalConfig, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
     images = batch.image.to(device, non_blocking=True)
-    with torch.no_grad(), autocast(device, config.precision):
-        output = method.predict(images)
+    with torch.inference_mode(), autocast(device, config.precision):
+        output = predict(images)
     scores = output.image_scores.float().cpu().numpy()
     maps = output.anomaly_maps.float().cpu().numpy()
     return scores, maps

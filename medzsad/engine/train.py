@@ -408,6 +408,7 @@ def _run_epoch(
         dataset,
         batch_sampler=[share.indices for share in shares],
         collate_fn=collate_samples,
+        num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
     )
     special = batch_level_terms(method)

@@ -131,6 +131,10 @@ class ZsadMethod(nn.Module):
         global batch on every process and gives each its rows, so results match one process."""
         return None
 
+    def skip_test_draws(self, images: int) -> None:
+        """Advance the test-time random stream past the draws of ``images`` images, so a shard of a
+        dataset gets the draws it gets in one process; a no-op for deterministic methods."""
+
     def reset_generator(self, seed: int | None = None) -> None:
         """Restart the random stream the method samples from (CoPS draws VAE samples); a no-op for
         deterministic methods. Training calls it at every epoch start and evaluation at every dataset,

@@ -293,6 +293,10 @@ class CoPS(ZsadMethod):
         repeat the previous run's draws exactly."""
         self._generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
 
+    def skip_test_draws(self, images: int) -> None:
+        for _ in range(images):
+            self._draw((self.config.test_samples, self.backbone.embed_dim), None)
+
     def draw_training_noise(self, batch_size: int) -> torch.Tensor:
         """The VAE posterior draws ``[batch_size, D]`` of one training batch, from the method's generator."""
         return self._draw((batch_size, self.backbone.embed_dim), None)
