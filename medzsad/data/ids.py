@@ -53,6 +53,7 @@ ALLOWED_META_KEYS: frozenset[str] = frozenset(
         "slice_axis",
         "shape",
         "intensity",  # description of the intensity mapping used, e.g. "window 40/80"
+        "burned_in_text",  # the pixels may carry burned-in text (tracking refuses overlays unless de-identified)
     }
 )
 

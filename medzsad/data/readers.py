@@ -249,6 +249,22 @@ def _stored_range(ds: Any) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+# Ultrasound, secondary captures and "other" images often carry patient text in the pixels.
+_TEXT_PRONE_MODALITIES = {"US", "SC", "OT", "XC", "ES", "GM", "SM", "DOC"}
+_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def may_carry_burned_in_text(ds: Any) -> bool:
+    """True unless the header says otherwise: ``BurnedInAnnotation = YES``, or no ``NO`` and a modality or
+    SOP class that typically carries text (ultrasound, secondary capture, photographs...)."""
+    flag = str(ds.get("BurnedInAnnotation", "") or "").upper()
+    if flag in ("YES", "NO"):
+        return flag == "YES"
+    modality = str(ds.get("Modality", "") or "").upper()
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    return modality in _TEXT_PRONE_MODALITIES or sop_class.startswith(_SECONDARY_CAPTURE_PREFIX)
+
+
 def dicom_pixels(ds: Any, path: str | Path, frame: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode a DICOM dataset into display-ready pixels (see the module docstring).
 
@@ -289,6 +305,7 @@ def dicom_pixels(ds: Any, path: str | Path, frame: int | None = None) -> tuple[n
         "bits_stored": int(ds.get("BitsStored", 0) or 0) or None,
         "n_frames": n_frames,
     }
+    meta["burned_in_text"] = may_carry_burned_in_text(ds)
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     if spacing is not None and len(spacing) == 2:
         meta["pixel_spacing"] = (float(spacing[0]), float(spacing[1]))

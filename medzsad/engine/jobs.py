@@ -7,6 +7,7 @@ The CLI is a thin layer over these functions; a Python user calls the same names
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -198,14 +199,40 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
     metrics = {category: dict(values.values) for category, values in report.per_category.items()}
     metrics["mean"] = dict(report.macro_mean.values)
     run.log_eval(metrics)
-    if result.review:
+    if result.accumulator is not None:
+        _log_curves(run, result.accumulator.curves(), report.per_category)
+    review = result.review
+    if not config.tracking.deidentified:
+        review = [sample for sample in review if not sample.burned_in_text]
+        if len(review) < len(result.review):
+            print(
+                f"{result.name}: {len(result.review) - len(review)} overlay(s) withheld from MLflow: the scans may "
+                "carry burned-in text (set tracking.deidentified=true only if the pixels are de-identified)"
+            )
+    if review:
         run.log_review(
-            result.review,
+            review,
             result.name,
             image_threshold=0.5,
             pixel_threshold=config.eval.dice_threshold,
             panel_size=config.tracking.review_panel_size,
         )
+
+
+def _log_curves(run: Any, curves: Mapping[str, Mapping[str, tuple]], per_category: Mapping[str, Any]) -> None:
+    """One figure per curve kind (ROC, PR at image level; PRO at pixel level), a line per category."""
+    from medzsad.tracking import Curve
+
+    kinds = {"image_roc": ("roc", "image", "image_auroc", None), "image_pr": ("pr", "image", "image_ap", None)}
+    kinds["pixel_pro"] = ("pro", "pixel", "pixel_aupro@0.3[mvtec-exact]", 0.3)
+    for key, (kind, level, area_name, limit) in kinds.items():
+        lines = {
+            category: Curve(*found[key], area=per_category[category].values.get(area_name))
+            for category, found in curves.items()
+            if key in found
+        }
+        if lines:
+            run.log_curves(kind, lines, level=level, fpr_limit=limit)
 
 
 # -- train -----------------------------------------------------------------------------------------
@@ -256,16 +283,14 @@ def run_table(base: RunConfig, columns: Mapping[str, RunConfig]) -> str:
 
     results: dict[str, dict[str, DatasetEvaluation]] = {}
     for label, column in columns.items():
-        merged = RunConfig(
-            **{
-                **base.__dict__,
-                "method": column.method,
-                "method_config": column.method_config,
-                "checkpoint": column.checkpoint,
-                "backbone": column.backbone,
-            }
+        merged = dataclasses.replace(
+            base,
+            method=column.method,
+            method_config=column.method_config,
+            checkpoint=column.checkpoint,
+            backbone=column.backbone,
+            eval=dataclasses.replace(base.eval, output_dir=str(Path(base.eval.output_dir) / label)),
         )
-        merged.eval.output_dir = str(Path(base.eval.output_dir) / label)
         results[label] = evaluate_config(merged, quiet=True)
     text = format_benchmark_table(results)
     if distributed.is_main():

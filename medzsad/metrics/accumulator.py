@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 from medzsad.metrics._validate import as_label_vector, as_pixel_batches, as_score_vector
 from medzsad.metrics.category import pixel_counts, pixel_metric_names, pixel_metrics_from_data
 from medzsad.metrics.pixels import PixelStatistics
-from medzsad.metrics.pro import check_fpr_limit
+from medzsad.metrics.pro import aupro_from_data, aupro_undefined_reason, check_fpr_limit
 from medzsad.metrics.ranking import ranking_metrics
 from medzsad.metrics.results import MetricSet, MetricsReport, describe_metric, macro_mean, threshold_suffix
 from medzsad.metrics.segmentation import segmentation_counts, summarise_segmentation
@@ -261,6 +261,30 @@ class MetricAccumulator:
         per_category = {name: self._compute_category(self._categories[name]) for name in self.categories}
         mean = macro_mean(per_category)
         return MetricsReport(per_category, mean, {name: describe_metric(name) for name in mean.names()})
+
+    def curves(self) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Curves for figures, per category, where defined: ``image_roc`` (FPR, TPR), ``image_pr``
+        (recall, precision) and ``pixel_pro`` (FPR, PRO up to ``fpr_limit``, the exact MVTec curve)."""
+        from sklearn.metrics import precision_recall_curve, roc_curve
+
+        out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for name in self.categories:
+            state = self._categories[name]
+            curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            if state.images_without_scores == 0 and state.images:
+                scores, labels = state.scores_and_labels()
+                if 0 < labels.sum() < labels.size:
+                    fpr, tpr, _ = roc_curve(labels, scores)
+                    precision, recall, _ = precision_recall_curve(labels, scores)
+                    curves["image_roc"] = (fpr, tpr)
+                    curves["image_pr"] = (recall, precision)
+            if state.images and state.images_without_masks == 0:
+                data = state.pixels.consolidate()
+                if aupro_undefined_reason(data) is None:
+                    result = aupro_from_data(data, self.fpr_limit)
+                    curves["pixel_pro"] = (result.fpr, result.pro)
+            out[name] = curves
+        return out
 
     def _compute_category(self, state: _CategoryState) -> MetricSet:
         values: dict[str, float] = {}
