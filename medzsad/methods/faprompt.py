@@ -27,7 +27,7 @@ from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
 from medzsad.methods.base import BatchTerm, LossOutput, MethodConfig, MethodOutput, ZsadMethod, load_prompt_state
-from medzsad.methods.losses import binary_focal_loss, binary_focal_loss_with_logits, segmentation_loss
+from medzsad.methods.losses import binary_focal_loss, segmentation_loss
 from medzsad.methods.postprocess import gaussian_blur, patch_grid_maps, upsample
 from medzsad.prompts import PromptSlots, init_context, init_deep_prompts, placeholder_prompt
 
@@ -348,10 +348,12 @@ class FAPrompt(ZsadMethod):
             segmentation = segmentation + weight * (seg["focal"] + seg["dice_abnormal"] + seg["dice_normal"])
         terms["segmentation"] = segmentation
         terms["image_ce"] = F.cross_entropy(out["image_logits"], labels)
-        compat_focal = config.binary_focal_input == "probability_as_logit"
-        focal = binary_focal_loss_with_logits if compat_focal else binary_focal_loss
-        terms["image_binary_focal"] = focal(
-            out["image_scores"], labels, alpha=config.binary_focal_alpha, gamma=config.binary_focal_gamma
+        terms["image_binary_focal"] = binary_focal_loss(
+            out["image_scores"],
+            labels,
+            alpha=config.binary_focal_alpha,
+            gamma=config.binary_focal_gamma,
+            logits=config.binary_focal_input == "probability_as_logit",
         )
         terms["orthogonality_sum"] = orthogonality_loss(out["text_static_neg_raw"])
         per_image = prior_mse_per_normal_image(out["prior_bias"], labels)

@@ -45,21 +45,20 @@ def segmentation_loss(probs: torch.Tensor, mask: torch.Tensor) -> dict[str, torc
     }
 
 
-def binary_focal_loss_with_logits(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 1.0, gamma: float = 2.0
-) -> torch.Tensor:
-    """Mean binary focal loss treating ``logits`` as logits (FAPrompt applies it to a probability)."""
-    target = target.to(logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    pt = torch.exp(-bce)
-    return (alpha * (1 - pt) ** gamma * bce).mean()
-
-
 def binary_focal_loss(
-    probs: torch.Tensor, target: torch.Tensor, alpha: float = 1.0, gamma: float = 2.0
+    inputs: torch.Tensor, target: torch.Tensor, alpha: float = 1.0, gamma: float = 2.0, logits: bool = False
 ) -> torch.Tensor:
-    """Mean binary focal loss on *probabilities* in [0, 1] (the intended use of FAPrompt's image focal term)."""
-    target = target.to(probs.dtype)
-    bce = F.binary_cross_entropy(probs, target, reduction="none")
+    """Mean binary focal loss of ``inputs`` against 0/1 ``target``.
+
+    Args:
+        inputs: probabilities in [0, 1], or logits when ``logits`` is true. (The official FAPrompt code
+            passes a probability with ``logits=True``, a quirk reproduced in its compat mode.)
+        alpha, gamma: focal weight and focusing exponent.
+    """
+    target = target.to(inputs.dtype)
+    if logits:
+        bce = F.binary_cross_entropy_with_logits(inputs, target, reduction="none")
+    else:
+        bce = F.binary_cross_entropy(inputs, target, reduction="none")
     pt = torch.exp(-bce)
     return (alpha * (1 - pt) ** gamma * bce).mean()

@@ -5,24 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from parity_helpers import ATOL_MAPS, PROMPT_GRAD_REL, adam_step, assert_close, fixture_batch, load_fixtures
+from parity_helpers import TOL_FEATURES as RTOL_FEATURES
 
-from medzsad.backbone import ClipBackbone, load_clip
 from medzsad.methods import AnomalyCLIP
-
-# Tolerances suggested by the fixtures' README §6.
-ATOL_MAPS = 1e-5
-RTOL_FEATURES = 1e-5
-PROMPT_GRAD_REL = 2e-3
 
 
 @pytest.fixture(scope="module")
 def fixtures(parity_dir):
-    inputs = np.load(parity_dir / "inputs" / "inputs.npz")
-    outputs = np.load(parity_dir / "anomalyclip" / "outputs.npz")
-    maps = np.load(parity_dir / "anomalyclip" / "maps518.npz")
-    prompt_init = torch.load(parity_dir / "anomalyclip" / "prompt_init.pt", weights_only=True)
-    backbone = ClipBackbone(load_clip(weights_path=parity_dir / "clip_tiny_openai_layout.pt"))
-    return {"inputs": inputs, "out": outputs, "maps": maps, "prompt_init": prompt_init, "backbone": backbone}
+    return load_fixtures(parity_dir, "anomalyclip")
 
 
 def make_model(fixtures) -> AnomalyCLIP:
@@ -40,10 +31,6 @@ def inference(fixtures):
         output = model.predict(images)
         text_raw = model.encode_prompts()
     return {"model": model, "features": features, "output": output, "text_raw": text_raw}
-
-
-def assert_close(actual, expected, atol=0.0, rtol=0.0):
-    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, atol=atol, rtol=rtol)
 
 
 def test_prompt_buffers_match_official_tokenisation(fixtures):
@@ -88,17 +75,8 @@ def test_patch_probabilities_maps_and_scores(fixtures, inference):
 @pytest.fixture(scope="module")
 def training_step(fixtures):
     model = make_model(fixtures).train()
-    inputs = fixtures["inputs"]
-    images = torch.from_numpy(inputs["images_preprocessed"])
-    masks = torch.from_numpy(inputs["masks_518"]).float()
-    labels = torch.from_numpy(inputs["labels"])
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-3, betas=(0.5, 0.999))
-    losses = model.loss(images, masks, labels)
-    optimizer.zero_grad()
-    losses.total.backward()
-    grads = {name: p.grad.detach().clone() for name, p in model.prompt.named_parameters()}
-    optimizer.step()
-    params = {name: p.detach().clone() for name, p in model.prompt.named_parameters()}
+    losses = model.loss(*fixture_batch(fixtures))
+    grads, params = adam_step(model, losses.total)
     return {"losses": losses, "grads": grads, "params": params}
 
 

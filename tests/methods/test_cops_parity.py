@@ -12,27 +12,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from parity_helpers import (
+    ATOL_MAPS,
+    OTHER_GRAD_REL,
+    PROMPT_GRAD_REL,
+    adam_step,
+    assert_close,
+    fixture_batch,
+    load_fixtures,
+)
+from parity_helpers import TOL_FEATURES as RTOL_FEATURES
 
-from medzsad.backbone import ClipBackbone, load_clip
 from medzsad.methods.cops import CoPS, CoPSConfig, patch_ground_truth
 from medzsad.methods.postprocess import neighbour_average
 
-# Tolerances suggested by the fixtures' README §6.
-ATOL_MAPS = 1e-5
-RTOL_FEATURES = 1e-5
-PROMPT_GRAD_REL = 2e-3
-OTHER_GRAD_REL = 1e-4
-GRID = (37, 37)
+GRID = (37, 37)  # the 518 px input of a patch-14 ViT
 
 
 @pytest.fixture(scope="module")
 def fixtures(parity_dir):
-    inputs = np.load(parity_dir / "inputs" / "inputs.npz")
-    outputs = np.load(parity_dir / "cops" / "outputs.npz")
-    maps = np.load(parity_dir / "cops" / "maps518.npz")
-    prompt_init = torch.load(parity_dir / "cops" / "prompt_init.pt", weights_only=True)
-    backbone = ClipBackbone(load_clip(weights_path=parity_dir / "clip_tiny_openai_layout.pt"))
-    return {"inputs": inputs, "out": outputs, "maps": maps, "prompt_init": prompt_init, "backbone": backbone}
+    return load_fixtures(parity_dir, "cops")
 
 
 def official_release_format(prompt_init: dict) -> dict:
@@ -56,12 +55,6 @@ def make_model(fixtures, **overrides) -> CoPS:
 
 def images(fixtures) -> torch.Tensor:
     return torch.from_numpy(fixtures["inputs"]["images_preprocessed"])
-
-
-def assert_close(actual, expected, atol=0.0, rtol=0.0):
-    if isinstance(actual, torch.Tensor):
-        actual = actual.detach()
-    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, atol=atol, rtol=rtol)
 
 
 @pytest.fixture(scope="module")
@@ -177,16 +170,10 @@ def test_nearest_maps_and_glocal_scores(fixtures, inference):
 @pytest.fixture(scope="module")
 def training_step(fixtures):
     model = make_model(fixtures).train()
-    masks = torch.from_numpy(fixtures["inputs"]["masks_518"]).float()
-    labels = torch.from_numpy(fixtures["inputs"]["labels"])
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-3, betas=(0.5, 0.999))
-    forward = model.training_forward(images(fixtures), noise=torch.from_numpy(fixtures["out"]["train/vae_noise"]))
+    batch_images, masks, labels = fixture_batch(fixtures)
+    forward = model.training_forward(batch_images, noise=torch.from_numpy(fixtures["out"]["train/vae_noise"]))
     losses = model.losses_from(forward, masks, labels)
-    optimizer.zero_grad()
-    losses.total.backward()
-    grads = {name: p.grad.detach().clone() for name, p in model.prompt.named_parameters() if p.grad is not None}
-    optimizer.step()
-    params = {name: p.detach().clone() for name, p in model.prompt.named_parameters()}
+    grads, params = adam_step(model, losses.total)
     return {"model": model, "forward": forward, "losses": losses, "grads": grads, "params": params, "masks": masks}
 
 

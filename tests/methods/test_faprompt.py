@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medzsad.backbone import ClipBackbone, load_clip
 from medzsad.methods.faprompt import FAPrompt, FAPromptConfig, prior_mse_per_normal_image
-from medzsad.methods.losses import binary_focal_loss, binary_focal_loss_with_logits
+from medzsad.methods.losses import binary_focal_loss
 from medzsad.methods.postprocess import gaussian_blur
 
 SIZE = 224  # medzsad-tiny-fast: patch 16, 14x14 grid, 8 visual layers
@@ -159,7 +159,7 @@ def test_compat_loss_options(backbone, batch):
     scores = 0.5 * (
         extras["global_prob_dynamic"] + (2 * extras["map_max_score_static"] + extras["map_max_score_dynamic"]) / 3
     )
-    compat_focal = binary_focal_loss_with_logits(scores.detach(), labels)
+    compat_focal = binary_focal_loss(scores.detach(), labels, logits=True)
     torch.testing.assert_close(losses.terms["image_binary_focal"].detach(), compat_focal)
     per_image = prior_mse_per_normal_image(extras["prior_bias"].detach(), labels)
     assert per_image.shape == (2,)

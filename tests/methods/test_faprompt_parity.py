@@ -5,28 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from parity_helpers import (
+    ATOL_MAPS,
+    OTHER_GRAD_REL,
+    PROMPT_GRAD_REL,
+    TOL_FEATURES,
+    adam_step,
+    assert_close,
+    fixture_batch,
+    load_fixtures,
+)
 
-from medzsad.backbone import ClipBackbone, load_clip
 from medzsad.methods.faprompt import FAPrompt, prior_mse_per_normal_image
 
-# Tolerances of the fixtures' README §6.
-ATOL_MAPS = 1e-5  # probabilities, maps, scores
-TOL_FEATURES = 1e-5  # rtol and atol on raw features, text embeddings and losses
-PROMPT_GRAD_REL = 2e-3  # ctx / deep-prompt gradients, relative to the tensor's max |grad|
-OTHER_GRAD_REL = 1e-4  # prior-network gradients, relative to the tensor's max |grad|
 PROMPT_PARAMS = ("ctx_pos", "ctx_neg", "compound_prompts_text.")
 
 
 @pytest.fixture(scope="module")
 def fixtures(parity_dir):
-    folder = parity_dir / "faprompt"
-    return {
-        "inputs": np.load(parity_dir / "inputs" / "inputs.npz"),
-        "out": np.load(folder / "outputs.npz"),
-        "maps": np.load(folder / "maps518.npz"),
-        "prompt_init": torch.load(folder / "prompt_init.pt", weights_only=True),
-        "backbone": ClipBackbone(load_clip(weights_path=parity_dir / "clip_tiny_openai_layout.pt")),
-    }
+    return load_fixtures(parity_dir, "faprompt")
 
 
 def make_model(fixtures) -> FAPrompt:
@@ -37,11 +34,6 @@ def make_model(fixtures) -> FAPrompt:
 
 def images_of(fixtures) -> torch.Tensor:
     return torch.from_numpy(fixtures["inputs"]["images_preprocessed"])
-
-
-def assert_close(actual, expected, atol=0.0, rtol=0.0, err_msg=""):
-    actual = actual.detach() if isinstance(actual, torch.Tensor) else actual
-    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, atol=atol, rtol=rtol, err_msg=err_msg)
 
 
 @pytest.fixture(scope="module")
@@ -131,17 +123,9 @@ def test_batch_of_one_equals_batch(fixtures, inference):
 @pytest.fixture(scope="module")
 def training_step(fixtures):
     model = make_model(fixtures).train()
-    inputs = fixtures["inputs"]
-    images = images_of(fixtures)
-    masks = torch.from_numpy(inputs["masks_518"]).float()
-    labels = torch.from_numpy(inputs["labels"])
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=1e-3, betas=(0.5, 0.999))
+    images, masks, labels = fixture_batch(fixtures)
     losses = model.loss(images, masks, labels)
-    optimizer.zero_grad()
-    losses.total.backward()
-    grads = {name: p.grad.detach().clone() for name, p in model.prompt.named_parameters()}
-    optimizer.step()
-    params = {name: p.detach().clone() for name, p in model.prompt.named_parameters()}
+    grads, params = adam_step(model, losses.total)
     # The training-mode forward (fresh text, autograd on) with the initial parameters, for the train/* keys.
     model.load_official_state_dict(fixtures["prompt_init"])
     forward = model.predict(images).extras
