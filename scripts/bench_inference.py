@@ -4,7 +4,7 @@ The plain path is what the official scripts do: fp32, one image at a time, the t
 for every image (no cache), attention written as ``softmax(q kᵀ/√d) v`` with explicit matrix products
 for both the original and the V-V stream. Our path: batches, fused scaled-dot-product attention for
 both streams from one qkv projection, text features cached where they do not depend on the image,
-``inference_mode``, and on a GPU bf16/fp16 autocast (``--precision``) and optional ``torch.compile``.
+``inference_mode``, and on a GPU bf16/fp16 transformer blocks (``--precision``) and optional ``torch.compile``.
 
 Both paths run in this one process on the same inputs and the same random-weight backbone (no weights
 are downloaded); the script prints images/s, the ratio, peak memory and how far the outputs differ.
@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from medzsad.backbone import ClipBackbone, load_clip
-from medzsad.engine.runtime import autocast
 from medzsad.methods.registry import method_class
 
 
@@ -111,6 +110,7 @@ def bench_method(name: str, backbone: ClipBackbone, images: torch.Tensor, args, 
 
     def plain_predict(batch: torch.Tensor):
         outputs = []
+        method.backbone.set_precision("fp32")
         method.reset_generator(0)  # CoPS draws its samples image by image: the same draws as ours
         with plain_path(), torch.no_grad():
             for image in batch:
@@ -120,8 +120,9 @@ def bench_method(name: str, backbone: ClipBackbone, images: torch.Tensor, args, 
 
     def ours_predict(batch: torch.Tensor):
         outputs = []
+        method.backbone.set_precision(args.precision)
         method.reset_generator(0)
-        with torch.inference_mode(), autocast(device, args.precision):
+        with torch.inference_mode():
             for chunk in batch.split(args.batch):
                 outputs.append(predictor(chunk.to(device, non_blocking=True)))
         return outputs
@@ -161,8 +162,8 @@ def bench_training(method, images: torch.Tensor, args, device: torch.device) -> 
 
     def steps(use_plain: bool) -> None:
         method.train()
-        context = plain_path() if use_plain else autocast(device, args.precision)
-        with context:
+        method.backbone.set_precision("fp32" if use_plain else args.precision)
+        with plain_path() if use_plain else contextlib.nullcontext():
             for _ in range(args.train_steps):
                 loss = method.loss(batch, masks, labels).total
                 optimizer.zero_grad(set_to_none=True)

@@ -67,6 +67,20 @@ class ClipBackbone(nn.Module):
     def from_config(cls, cfg: BackboneConfig) -> ClipBackbone:
         return cls(load_clip(cfg.model_name, cfg.pretrained, cfg.weights_path, cfg.offline, cfg.seed))
 
+    def set_precision(self, precision: str) -> None:
+        """``"fp32"`` (the parity reference), ``"bf16"`` or ``"fp16"`` for the transformer blocks of both
+        encoders (autocast). Embeddings, projections and everything the methods compute from the
+        features stay in fp32."""
+        dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
+        self.visual.compute_dtype = self.text.compute_dtype = dtypes[precision]
+
+    @property
+    def precision(self) -> str:
+        names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+        return names[self.visual.compute_dtype]
+
     def train(self, mode: bool = True) -> ClipBackbone:
         # The backbone is frozen; dropout/norm statistics must never switch to training behaviour.
         return super().train(False)

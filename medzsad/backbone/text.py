@@ -20,6 +20,8 @@ import torch
 from open_clip.model import CLIP
 from torch import nn
 
+from medzsad.backbone.visual import blocks_precision
+
 
 class PromptableTextEncoder(nn.Module):
     """Text encoder over precomputed token embeddings, with optional deep prompts.
@@ -36,6 +38,7 @@ class PromptableTextEncoder(nn.Module):
         self.ln_final = clip.ln_final
         self.text_projection = clip.text_projection
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.compute_dtype: torch.dtype | None = None  # set by ClipBackbone.set_precision
 
     @property
     def width(self) -> int:
@@ -74,11 +77,12 @@ class PromptableTextEncoder(nn.Module):
             raise ValueError(f"{len(deep_prompts)} deep prompt layers for a {len(blocks)}-block text encoder")
         x = token_embeddings + self.positional_embedding.to(token_embeddings.dtype)
         mask = self.attn_mask.to(x.dtype)
-        for index, block in enumerate(blocks):
-            if 1 <= index <= len(deep_prompts):
-                x = overwrite_after_sot(x, deep_prompts[index - 1], fp16_deep_prompts)
-            x = block(x, attn_mask=mask)
-        x = self.ln_final(x)
+        with blocks_precision(x.device, self.compute_dtype):
+            for index, block in enumerate(blocks):
+                if 1 <= index <= len(deep_prompts):
+                    x = overwrite_after_sot(x, deep_prompts[index - 1], fp16_deep_prompts)
+                x = block(x, attn_mask=mask)
+        x = self.ln_final(x.float())
         eot = x[torch.arange(x.shape[0], device=x.device), token_ids.argmax(dim=-1)]
         proj = self.text_projection
         return proj(eot) if isinstance(proj, nn.Linear) else eot @ proj

@@ -14,6 +14,7 @@ global feature is ``o_L[CLS] @ proj`` without ``ln_post``, as the reference code
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,16 @@ def resize_positional_embedding(pos_embed: torch.Tensor, grid_size: tuple[int, i
     return torch.cat([cls_row, grid], dim=0)
 
 
+def blocks_precision(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast for the transformer blocks when a reduced ``dtype`` is set; fp32 (``None``) is a no-op.
+
+    Only the blocks run in reduced precision: the encoders return fp32 tokens, so projections,
+    similarities, softmax and maps stay in fp32 whatever the precision of the heavy part."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """``[B, N, C]`` -> ``[B, heads, N, C / heads]``."""
     batch, tokens, width = x.shape
@@ -80,6 +91,7 @@ class DualPathVisionEncoder(nn.Module):
         self.visual = visual
         self.num_layers = len(visual.transformer.resblocks)
         self.patch_size = tuple(visual.patch_size)
+        self.compute_dtype: torch.dtype | None = None  # set by ClipBackbone.set_precision
         self._pos_cache: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -121,15 +133,16 @@ class DualPathVisionEncoder(nn.Module):
         x = tokens
         vv: torch.Tensor | None = None
         collected: dict[int, torch.Tensor] = {}
-        for index, block in enumerate(self.visual.transformer.resblocks, start=1):
-            if dpam_start_layer is not None and index >= dpam_start_layer:
-                vv = x if vv is None else vv
-                x, vv = dual_path_block(block, x, vv)
-            else:
-                x = block(x)
-            if index in collect:
-                collected[index] = vv if vv is not None else x
-        return x, collected
+        with blocks_precision(tokens.device, self.compute_dtype):
+            for index, block in enumerate(self.visual.transformer.resblocks, start=1):
+                if dpam_start_layer is not None and index >= dpam_start_layer:
+                    vv = x if vv is None else vv
+                    x, vv = dual_path_block(block, x, vv)
+                else:
+                    x = block(x)
+                if index in collect:
+                    collected[index] = vv if vv is not None else x
+        return x.float(), {index: tokens.float() for index, tokens in collected.items()}
 
     def forward(
         self, images: torch.Tensor, layers: Sequence[int] = (-1,), dpam_start_layer: int | None = 6

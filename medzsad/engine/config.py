@@ -61,7 +61,7 @@ class TrainConfig:
         output_dir: where ``epoch_<n>`` checkpoints and ``state.pt`` (for resuming) are written.
         resume: continue from the last complete epoch in ``output_dir`` if there is one.
         max_steps_per_epoch: cap on steps per epoch (smoke runs); ``None`` for full epochs.
-        precision: "fp32", or "bf16"/"fp16" autocast for the frozen backbone on GPU.
+        precision: "fp32", or "bf16"/"fp16" for the transformer blocks of the frozen backbone (GPU).
         num_workers: data-loading worker processes.
     """
 
@@ -88,7 +88,7 @@ class EvalConfig:
         pixel_metrics: compute pixel-level metrics where masks exist.
         aupro_compat: also report the 200-threshold AUPRO of the AnomalyCLIP/FAPrompt code (labelled).
         dice_threshold: threshold on the anomaly map for Dice/IoU and the normal-image FP rate.
-        precision: "fp32", or "bf16"/"fp16" autocast on GPU.
+        precision: "fp32", or "bf16"/"fp16" for the backbone's transformer blocks (GPU); heads stay fp32.
         seed: seed of any sampling at test time (CoPS draws VAE samples).
         num_workers: data-loading worker processes (reading and resizing scans overlaps the model).
         compile: ``torch.compile`` the method's forward (worth it for long runs on a GPU).

@@ -30,7 +30,6 @@ from medzsad.data.records import Batch, collate_samples
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import atomic_write_bytes, atomic_write_text
 from medzsad.engine.config import EvalConfig
-from medzsad.engine.runtime import autocast
 from medzsad.methods.base import MethodOutput, ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
 from medzsad.tracking.review import ReviewSample
@@ -195,6 +194,7 @@ def _evaluate_indices(
     maps_dir: Path | None,
 ) -> tuple[MetricAccumulator, list[SampleResult], list[ReviewSample]]:
     method.to(device).eval()
+    method.backbone.set_precision(config.precision)
     method.reset_generator(config.seed)
     method.skip_test_draws(indices.start)
     if len(indices) != len(dataset):
@@ -241,7 +241,7 @@ def _predict_batch(
     predict: Callable[[torch.Tensor], MethodOutput], batch: Batch, config: EvalConfig, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
     images = batch.image.to(device, non_blocking=True)
-    with torch.inference_mode(), autocast(device, config.precision):
+    with torch.inference_mode():
         output = predict(images)
     scores = output.image_scores.float().cpu().numpy()
     maps = output.anomaly_maps.float().cpu().numpy()

@@ -36,7 +36,6 @@ from medzsad.data.volumes import predict_volume, read_volume, write_nifti
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import atomic_write_bytes, atomic_write_text
 from medzsad.engine.evaluate import display_images
-from medzsad.engine.runtime import autocast
 from medzsad.methods.base import ZsadMethod
 from medzsad.tracking.render import MapScale, heat_rgb
 
@@ -107,6 +106,7 @@ class Predictor:
         precision: str = "fp32",
     ) -> None:
         self.method = method.to(device).eval()
+        self.method.backbone.set_precision(precision)
         self.output_dir = Path(output_dir)
         self.device = device
         self.transform = transform
@@ -117,7 +117,7 @@ class Predictor:
 
     def run_model(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """``(scores [B], maps [B, S, S])`` for a batch."""
-        with torch.no_grad(), autocast(self.device, self.precision):
+        with torch.inference_mode():
             output = self.method.predict(batch.image.to(self.device))
         return output.image_scores.float().cpu().numpy(), output.anomaly_maps.float().cpu().numpy()
 

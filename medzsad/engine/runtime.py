@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -51,17 +49,3 @@ def build_method(config: RunConfig, backbone: ClipBackbone | None = None) -> Zsa
 def checkpoint_exists(path: str | Path) -> bool:
     tensors, meta = checkpoint_paths(path)
     return tensors.is_file() and meta.is_file()
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """Mixed precision (bf16/fp16 autocast) for the forward pass; fp32, the parity reference, is a no-op.
-
-    On a GPU this is the fast path; on a CPU without bf16 units it is slower than fp32 and only useful
-    to check the numbers of reduced precision."""
-    if precision == "fp32":
-        yield
-        return
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype):
-        yield

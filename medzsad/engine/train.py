@@ -34,7 +34,6 @@ from medzsad.data.records import Batch, collate_samples
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import save_checkpoint
 from medzsad.engine.config import TrainConfig
-from medzsad.engine.runtime import autocast
 from medzsad.methods.base import BatchTerm, ZsadMethod
 
 STATE_FILE = "state.pt"
@@ -283,8 +282,7 @@ def _distributed_step(
     """Forward, backward and step of one process; returns the loss terms of the whole global batch."""
     processes = distributed.world_size()
     noise = _share_noise(method, share)
-    with autocast(device, config.precision):
-        total, terms = model(batch.image, batch.mask, batch.label, noise)
+    total, terms = model(batch.image, batch.mask, batch.label, noise)
     counts = batch_counts(method, batch, share, special)
     global_counts = dict(counts)
     if counts:
@@ -348,6 +346,7 @@ def train(
     main = distributed.is_main()
     output_dir = Path(config.output_dir)
     method.to(device)
+    method.backbone.set_precision(config.precision)
     optimizer = torch.optim.Adam(method.trainable_parameters(), lr=config.lr, betas=tuple(config.betas))
     result = TrainResult(last_checkpoint=None)
     start_epoch = 1
@@ -420,8 +419,7 @@ def _run_epoch(
         _check_labels(batch)
         batch = batch.to(device, non_blocking=True)
         if model is None:
-            with autocast(device, config.precision):
-                losses = method.loss(batch.image, batch.mask, batch.label)
+            losses = method.loss(batch.image, batch.mask, batch.label)
             optimizer.zero_grad(set_to_none=True)
             losses.total.backward()
             optimizer.step()

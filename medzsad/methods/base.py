@@ -115,7 +115,7 @@ class ZsadMethod(nn.Module):
             return compute()
         device = self.backbone.clip.token_embedding.weight.device
         params = tuple((p.data_ptr(), p._version) for p in self.prompt.parameters())
-        key = (device, torch.is_autocast_enabled(), params, extra_key)
+        key = (device, self.backbone.precision, params, extra_key)
         if self._text_cache is None or self._text_cache[0] != key:
             with torch.no_grad():
                 self._text_cache = (key, compute())

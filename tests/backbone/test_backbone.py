@@ -128,3 +128,22 @@ def test_gaussian_blur_equals_scipy(sigma):
     ours = gaussian_blur(torch.from_numpy(maps), sigma).numpy()
     expected = np.stack([scipy.ndimage.gaussian_filter(m, sigma=sigma) for m in maps])
     np.testing.assert_allclose(ours, expected, atol=2e-6)
+
+
+def test_reduced_precision_runs_the_blocks_only(tiny):
+    images = torch.randn(2, 3, 224, 224)
+    reference = tiny.encode_image(images, (-1,), 2)
+    try:
+        tiny.set_precision("bf16")
+        assert tiny.precision == "bf16"
+        reduced = tiny.encode_image(images, (-1,), 2)
+        tokens = tiny.tokenize(["a photo"])
+        text = tiny.text(tiny.text.embed_tokens(tokens), tokens)
+    finally:
+        tiny.set_precision("fp32")
+    # The encoders hand fp32 features to the methods; only the blocks ran in bf16.
+    assert reduced.global_features.dtype == reduced.patch_features[0].dtype == text.dtype == torch.float32
+    scale = reference.patch_features[0].abs().max()
+    assert 0 < (reduced.patch_features[0] - reference.patch_features[0]).abs().max() < 0.05 * scale
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tiny.set_precision("fp8")
