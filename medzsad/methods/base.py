@@ -109,15 +109,16 @@ class ZsadMethod(nn.Module):
 
     def cached_text(self, compute: Callable[[], T], *extra_key: object) -> T:
         """``compute()`` for text features that do not depend on the image, cached while the prompt
-        tensors, the device and ``extra_key`` are unchanged. In training with gradients it is always
-        recomputed, so the prompts receive their gradient."""
+        tensors, the device and ``extra_key`` are unchanged. Computed once, so always with the text
+        encoder in fp32 (:meth:`ClipBackbone.fp32_text`). In training with gradients it is always
+        recomputed at the training precision, so the prompts receive their gradient."""
         if torch.is_grad_enabled() and self.training and self.trainable_parameters():
             return compute()
         device = self.backbone.clip.token_embedding.weight.device
         params = tuple((p.data_ptr(), p._version) for p in self.prompt.parameters())
-        key = (device, self.backbone.precision, params, extra_key)
+        key = (device, params, extra_key)
         if self._text_cache is None or self._text_cache[0] != key:
-            with torch.no_grad():
+            with torch.no_grad(), self.backbone.fp32_text():
                 self._text_cache = (key, compute())
         return self._text_cache[1]
 

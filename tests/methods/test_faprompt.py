@@ -189,6 +189,25 @@ def test_static_text_is_cached_in_eval_and_refreshed_when_prompts_change(backbon
     assert not torch.allclose(first, changed)
 
 
+def test_cached_text_runs_in_fp32_under_reduced_precision(backbone, batch):
+    # Image-independent text is computed once, so it is computed in full precision; the per-image
+    # prompts (FAPrompt's DAP text) follow the configured precision.
+    model = make(backbone).eval()
+    with torch.no_grad():
+        full = model.predict(batch[0][:1])
+        model._text_cache = None
+        try:
+            backbone.set_precision("bf16")
+            reduced = model.predict(batch[0][:1])
+            assert backbone.text.compute_dtype is torch.bfloat16  # restored after the cached computation
+        finally:
+            backbone.set_precision("fp32")
+    torch.testing.assert_close(
+        reduced.extras["text_static_features"], full.extras["text_static_features"], rtol=0, atol=0
+    )
+    assert not torch.equal(reduced.image_scores, full.image_scores)  # the image encoder did run in bf16
+
+
 def test_config_round_trips_through_dataclasses_replace():
     config = dataclasses.replace(FAPromptConfig(), sigma=4.0, prior_token_selection="topk")
     assert config.sigma == 4.0 and config.prior_token_selection == "topk"
