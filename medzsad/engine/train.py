@@ -276,7 +276,7 @@ def _distributed_step(
     share: StepShare,
     special: Mapping[str, BatchTerm],
     optimizer: torch.optim.Optimizer,
-    config: TrainConfig,
+    scaler: torch.amp.GradScaler,
     device: torch.device,
 ) -> dict[str, float]:
     """Forward, backward and step of one process; returns the loss terms of the whole global batch."""
@@ -289,14 +289,32 @@ def _distributed_step(
         summed = distributed.all_reduce_sum(torch.tensor(list(counts.values()), dtype=torch.float64, device=device))
         global_counts = dict(zip(counts, summed.tolist()))
     loss, share_of = process_loss(total, terms, share, special, counts, global_counts, processes)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    optimizer_step(loss, optimizer, scaler)
     names = list(terms)
     values = [loss.detach().double() / processes]
     values += [terms[name].detach().double() * share_of[name] for name in names]
     reduced = distributed.all_reduce_sum(torch.stack(values)).tolist()
     return {"total": reduced[0], **dict(zip(names, reduced[1:]))}
+
+
+def gradient_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 training (gradients of fp16 activations underflow without it); for fp32
+    and bf16 a disabled scaler whose ``scale``/``step``/``update`` are plain pass-throughs.
+
+    It starts at 2^10 rather than PyTorch's 2^16: prompt gradients here are of order 1-100 and the
+    deep text prompts pass their gradient through an fp16 cast (the reference quirk), so 2^16 overflowed
+    and skipped every step of a short epoch on the tiny test model; the scale still grows by itself
+    after 2000 clean steps."""
+    return torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=precision == "fp16")
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """Backward and one optimizer step; with fp16 a step whose gradients overflowed is skipped and the
+    scale lowered (``torch.amp.GradScaler``)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def _resume_state(state_path: Path, resume: bool) -> dict[str, Any] | None:
@@ -348,6 +366,7 @@ def train(
     method.to(device)
     method.backbone.set_precision(config.precision)
     optimizer = torch.optim.Adam(method.trainable_parameters(), lr=config.lr, betas=tuple(config.betas))
+    scaler = gradient_scaler(config.precision, device)
     result = TrainResult(last_checkpoint=None)
     start_epoch = 1
     state_path = output_dir / STATE_FILE
@@ -355,13 +374,15 @@ def train(
     if state is not None:
         method.prompt.load_state_dict(state["prompt"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         result.history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
         result.resumed_from_epoch = int(state["epoch"])
         result.last_checkpoint = checkpoint_stem(output_dir, int(state["epoch"]))
     model = wrap_ddp(method, device) if processes > 1 else None
     for epoch in range(start_epoch, config.epochs + 1):
-        means = _run_epoch(method, dataset, optimizer, config, device, epoch, model)
+        means = _run_epoch(method, dataset, optimizer, scaler, config, device, epoch, model)
         result.history.append(means)
         if main:
             training_record = {
@@ -377,6 +398,7 @@ def train(
                     "epoch": epoch,
                     "prompt": {k: v.detach().cpu() for k, v in method.prompt.state_dict().items()},
                     "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "history": result.history,
                 },
                 state_path,
@@ -392,6 +414,7 @@ def _run_epoch(
     method: ZsadMethod,
     dataset: Dataset,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     config: TrainConfig,
     device: torch.device,
     epoch: int,
@@ -420,12 +443,10 @@ def _run_epoch(
         batch = batch.to(device, non_blocking=True)
         if model is None:
             losses = method.loss(batch.image, batch.mask, batch.label)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
-            optimizer.step()
+            optimizer_step(losses.total, optimizer, scaler)
             terms = {"total": float(losses.total.detach()), **{k: float(v.detach()) for k, v in losses.terms.items()}}
         else:
-            terms = _distributed_step(model, method, batch, share, special, optimizer, config, device)
+            terms = _distributed_step(model, method, batch, share, special, optimizer, scaler, device)
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + value
         progress.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("total", "image_ce")})

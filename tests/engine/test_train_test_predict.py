@@ -40,12 +40,17 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("method", ["anomalyclip", "faprompt", "cops"])
-def test_resume_after_interruption_gives_identical_prompts(tiny_dataset, tmp_path, method):
-    straight = run_train(train_config(tiny_dataset, tmp_path / "straight", f"method={method}"))
+@pytest.mark.parametrize(
+    ("method", "precision"),
+    [("anomalyclip", "fp32"), ("faprompt", "fp32"), ("cops", "fp32"), ("anomalyclip", "fp16")],
+)
+def test_resume_after_interruption_gives_identical_prompts(tiny_dataset, tmp_path, method, precision):
+    # fp16 also checks that the loss scaler's state travels through state.pt.
+    options = (f"method={method}", f"train.precision={precision}")
+    straight = run_train(train_config(tiny_dataset, tmp_path / "straight", *options))
     assert len(straight.history) == 2
 
-    config = train_config(tiny_dataset, tmp_path / "resumed", f"method={method}")
+    config = train_config(tiny_dataset, tmp_path / "resumed", *options)
 
     def crash_after_first_epoch(epoch, losses):
         if epoch == 1:
@@ -83,6 +88,24 @@ def test_training_changes_the_prompts_and_records_provenance(tiny_dataset, tmp_p
     assert meta["backbone"]["backbone"] == "medzsad-tiny-fast"
     assert meta["training"]["epoch"] == 1 and meta["training"]["aux_data"]
     assert set(result.history[0]) >= {"total", "image_ce", "focal", "dice_abnormal", "dice_normal"}
+
+
+def test_fp16_training_scales_the_loss_and_keeps_gradients_finite(tiny_dataset, tmp_path):
+    # fp16 activations need loss scaling; the scaler's state is saved for resume. fp32 and bf16 save a
+    # disabled scaler (an empty state).
+    fp16 = ("train.precision=fp16", "train.epochs=1", "train.max_steps_per_epoch=4")
+    result = run_train(train_config(tiny_dataset, tmp_path / "fp16", *fp16))
+    assert all(np.isfinite(value) for value in result.history[0].values())
+    state = torch.load(tmp_path / "fp16" / "state.pt", weights_only=True)
+    assert state["scaler"]["scale"] >= 2.0**8  # at most two of the four steps overflowed and were skipped
+    config = load_config(None, TINY_OVERRIDES)
+    torch.manual_seed(config.train.seed)  # the initialisation run_train starts from
+    initial = build_method(config).prompt.state_dict()
+    trained = load_file(tmp_path / "fp16" / "epoch_1.safetensors")
+    assert trained.keys() == initial.keys()
+    assert all(not torch.equal(trained[k], initial[k]) for k in trained)
+    run_train(train_config(tiny_dataset, tmp_path / "fp32", "train.epochs=1"))
+    assert torch.load(tmp_path / "fp32" / "state.pt", weights_only=True)["scaler"] == {}
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
