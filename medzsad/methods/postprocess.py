@@ -7,6 +7,7 @@ The reference code upsamples with ``F.interpolate`` and smooths each map with
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,6 +42,13 @@ def _reflect_pad_last(x: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.cat([x[..., :radius].flip(-1), x, x[..., -radius:].flip(-1)], dim=-1)
 
 
+@functools.lru_cache(maxsize=16)
+def _device_kernel(sigma: float, truncate: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Built once per device: a fresh host-to-GPU copy of the weights on every call would make the host
+    # wait for all queued GPU work, and the evaluation loop relies on launching batches asynchronously.
+    return gaussian_kernel1d(sigma, truncate).to(device=device, dtype=dtype).view(1, 1, -1)
+
+
 def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
     """Gaussian smoothing of ``[B, H, W]`` maps equal to ``scipy.ndimage.gaussian_filter`` per map.
 
@@ -48,12 +56,11 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> to
     """
     if sigma <= 0:
         return maps
-    kernel = gaussian_kernel1d(sigma, truncate)
-    radius = (kernel.numel() - 1) // 2
+    weight = _device_kernel(float(sigma), float(truncate), maps.device, maps.dtype)
+    radius = (weight.numel() - 1) // 2
     if radius >= min(maps.shape[-2:]):
         raise ValueError(f"sigma {sigma} is too large for {tuple(maps.shape[-2:])} maps")
     batch, height, width = maps.shape
-    weight = kernel.to(device=maps.device, dtype=maps.dtype).view(1, 1, -1)
     # Rows, then columns; scipy applies the axes in order 0, 1, and the separable result is the same.
     cols = _reflect_pad_last(maps.transpose(1, 2).reshape(-1, 1, height), radius)
     out = F.conv1d(cols, weight).reshape(batch, width, height).transpose(1, 2)
