@@ -42,7 +42,7 @@ class Drift:
     method: str
     score_std: float  # spread of the fp32 image scores
     max_score_diff: float
-    swapped_pairs: int  # (normal, anomalous) pairs whose order differs between the two precisions
+    swapped_pairs: int  # (normal, anomalous) pairs, pooled over categories, ordered differently
     pairs: int
     metric_diffs: dict[str, float]  # |Δ| of every macro-mean metric, image_auroc included
 
