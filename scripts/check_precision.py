@@ -40,6 +40,7 @@ class Drift:
     """fp32 against reduced precision on one evaluation set."""
 
     method: str
+    image_auroc: float  # fp32 macro-mean image AUROC, for context
     score_std: float  # spread of the fp32 image scores
     max_score_diff: float
     swapped_pairs: int  # (normal, anomalous) pairs, pooled over categories, ordered differently
@@ -117,6 +118,7 @@ def precision_drift(
     swapped, pairs = swapped_pairs(labels, scores32, scores_low)
     return Drift(
         method=method,
+        image_auroc=float(metrics32["image_auroc"]),
         score_std=float(scores32.std()),
         max_score_diff=float(np.abs(scores32 - scores_low).max()),
         swapped_pairs=swapped,
@@ -151,7 +153,8 @@ def main() -> None:
         )
         changes = ", ".join(f"{name} {value:.1e}" for name, value in drift.metric_diffs.items())
         print(
-            f"{method}: fp32 score std {drift.score_std:.2e}, max |Δ score| {drift.max_score_diff:.1e}, "
+            f"{method}: fp32 image AUROC {drift.image_auroc:.3f}, score std {drift.score_std:.2e}, "
+            f"max |Δ score| {drift.max_score_diff:.1e}, "
             f"{drift.swapped_pairs}/{drift.pairs} pairs swapped; |Δ mean metric|: {changes}",
             flush=True,
         )
