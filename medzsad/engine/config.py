@@ -62,7 +62,7 @@ class TrainConfig:
         resume: continue from the last complete epoch in ``output_dir`` if there is one.
         max_steps_per_epoch: cap on steps per epoch (smoke runs); ``None`` for full epochs.
         precision: "fp32", or "bf16"/"fp16" for the transformer blocks of the frozen backbone (GPU).
-        num_workers: data-loading worker processes.
+        num_workers: data-loading worker processes; ``None`` chooses (:func:`medzsad.engine.runtime.loader_workers`).
     """
 
     epochs: int = 15
@@ -74,7 +74,7 @@ class TrainConfig:
     resume: bool = True
     max_steps_per_epoch: int | None = None
     precision: str = "fp32"
-    num_workers: int = 0
+    num_workers: int | None = None
 
 
 @dataclass
@@ -90,7 +90,8 @@ class EvalConfig:
         dice_threshold: threshold on the anomaly map for Dice/IoU and the normal-image FP rate.
         precision: "fp32", or "bf16"/"fp16" for the backbone's transformer blocks (GPU); heads stay fp32.
         seed: seed of any sampling at test time (CoPS draws VAE samples).
-        num_workers: data-loading worker processes (reading and resizing scans overlaps the model).
+        num_workers: data-loading worker processes (reading and resizing scans overlaps the model);
+            ``None`` chooses (:func:`medzsad.engine.runtime.loader_workers`).
         compile: ``torch.compile`` the method's forward (worth it for long runs on a GPU).
     """
 
@@ -102,7 +103,7 @@ class EvalConfig:
     dice_threshold: float = 0.5
     precision: str = "fp32"
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | None = None
     compile: bool = False
 
 
@@ -278,6 +279,10 @@ def validate_method_config(config: RunConfig) -> None:
     for section, value in (("train.precision", config.train.precision), ("eval.precision", config.eval.precision)):
         if value not in {"fp32", "bf16", "fp16"}:
             raise ConfigError(f"{section}: expected fp32, bf16 or fp16, got {value!r}")
+    workers_of = {"train.num_workers": config.train.num_workers, "eval.num_workers": config.eval.num_workers}
+    for section, workers in workers_of.items():
+        if workers is not None and workers < 0:
+            raise ConfigError(f"{section}: expected a number of processes >= 0 or null (automatic), got {workers}")
 
 
 def method_config_for(config: RunConfig):

@@ -30,6 +30,7 @@ from medzsad.data.records import Batch, collate_samples
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import atomic_write_bytes, atomic_write_text
 from medzsad.engine.config import EvalConfig
+from medzsad.engine.runtime import loader_workers
 from medzsad.methods.base import MethodOutput, ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
 from medzsad.tracking.review import ReviewSample
@@ -204,7 +205,7 @@ def _evaluate_indices(
         batch_size=config.batch_size,
         shuffle=False,
         collate_fn=collate_samples,
-        num_workers=config.num_workers,
+        num_workers=loader_workers(config.num_workers, device),
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -20,6 +21,19 @@ from medzsad.methods.registry import method_class
 def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available else CPU; anything else is passed to ``torch.device``."""
     return default_device() if name == "auto" else torch.device(name)
+
+
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """Data-loading processes: ``requested`` if given; automatically, ``min(8, CPU cores - 1)`` when the
+    model runs on a GPU and 0 on a CPU, where workers would take cores from the model itself.
+
+    One core reads and resizes about 22 RGB PNGs of 1024² or 80 CT DICOM slices of 512² per second
+    (``scripts/bench_pipeline.py``), so a GPU needs several workers to be kept busy."""
+    if requested is not None:
+        return requested
+    if device.type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def build_backbone(config: RunConfig) -> ClipBackbone:

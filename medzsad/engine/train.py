@@ -34,6 +34,7 @@ from medzsad.data.records import Batch, collate_samples
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import save_checkpoint
 from medzsad.engine.config import TrainConfig
+from medzsad.engine.runtime import loader_workers
 from medzsad.methods.base import BatchTerm, ZsadMethod
 
 STATE_FILE = "state.pt"
@@ -430,7 +431,7 @@ def _run_epoch(
         dataset,
         batch_sampler=[share.indices for share in shares],
         collate_fn=collate_samples,
-        num_workers=config.num_workers,
+        num_workers=loader_workers(config.num_workers, device),
         pin_memory=device.type == "cuda",
     )
     special = batch_level_terms(method)

@@ -34,6 +34,7 @@ def test_overrides_are_typed_yaml(tmp_path):
         (["method_config.n_ctx=x"], "method_config.n_ctx: expected int"),
         (["method_config.bogus=1"], "unknown config key method_config.bogus"),
         (["eval.precision=fp8"], "eval.precision"),
+        (["eval.num_workers=-1"], "eval.num_workers: expected a number of processes"),
         (["train.resume=maybe"], "train.resume: expected true or false"),
         (["train"], "must look like key.subkey=value"),
     ],
@@ -55,3 +56,14 @@ def test_missing_and_broken_files(tmp_path):
 def test_a_method_config_check_becomes_a_config_error():
     with pytest.raises(ConfigError, match=r"method_config: .*prior_token_selection"):
         load_config(None, ["method=faprompt", "method_config.prior_token_selection=best"])
+
+
+def test_loader_workers_are_automatic_on_a_gpu_only():
+    import torch
+
+    from medzsad.engine.runtime import loader_workers
+
+    assert loader_workers(None, torch.device("cpu")) == 0  # workers would take the model's cores
+    assert 0 <= loader_workers(None, torch.device("cuda")) <= 8
+    assert loader_workers(3, torch.device("cpu")) == 3
+    assert load_config(None, []).eval.num_workers is None

@@ -217,3 +217,29 @@ def test_evaluate_config_is_callable_from_python(tiny_dataset, trained, tmp_path
     (name,) = results
     assert len(results[name].samples) == 16
     assert set(results[name].report.per_category) == {"wood", "tile"}
+
+
+def test_evaluation_with_loader_workers_equals_the_main_process(tiny_dataset, trained, tmp_path):
+    def scores_and_metrics(workers: int):
+        config = load_config(
+            None,
+            [
+                *TINY_OVERRIDES,
+                f"checkpoint={trained}",
+                f"data.test=[{tiny_dataset}]",
+                f"eval.output_dir={tmp_path / str(workers)}",
+                f"eval.num_workers={workers}",
+                "eval.batch_size=3",  # batches that straddle categories and a short last batch
+            ],
+        )
+        (result,) = evaluate_config(config, quiet=True).values()
+        return [(s.sample_id, s.score) for s in result.samples], result.report.macro_mean.values
+
+    assert scores_and_metrics(2) == scores_and_metrics(0)
+
+
+def test_training_with_loader_workers_equals_the_main_process(tiny_dataset, tmp_path):
+    for workers in (0, 2):
+        run_train(train_config(tiny_dataset, tmp_path / str(workers), "train.epochs=1", f"train.num_workers={workers}"))
+    a, b = (load_file(tmp_path / str(w) / "epoch_1.safetensors") for w in (0, 2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
