@@ -10,9 +10,12 @@ Single category, whole arrays in memory::
 
 Many categories, batches or shards: :class:`MetricAccumulator` (``update``, ``merge``, ``state_dict``,
 ``compute`` -> :class:`MetricsReport` with per-category results, macro mean and variant labels).
+``MetricAccumulator(pixel_bins=65536)`` keeps constant memory per category for archives whose pixel
+scores do not fit in memory (maps in [0, 1] quantized to that many levels; :mod:`medzsad.metrics.binned`).
 """
 
 from medzsad.metrics.accumulator import MetricAccumulator
+from medzsad.metrics.binned import BinnedPixelStatistics, binned_variant
 from medzsad.metrics.category import pixel_metrics
 from medzsad.metrics.pro import aupro, aupro_cflow200
 from medzsad.metrics.ranking import image_metrics
@@ -32,6 +35,7 @@ __all__ = [
     "CFLOW200_COMPAT",
     "MVTEC_EXACT",
     "AuproResult",
+    "BinnedPixelStatistics",
     "MetricAccumulator",
     "MetricSet",
     "MetricsReport",
@@ -39,6 +43,7 @@ __all__ = [
     "aupro",
     "aupro_cflow200",
     "aupro_name",
+    "binned_variant",
     "describe_metric",
     "image_metrics",
     "pixel_metrics",

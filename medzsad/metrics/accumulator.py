@@ -15,11 +15,20 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from medzsad.metrics._validate import as_label_vector, as_pixel_batches, as_score_vector
+from medzsad.metrics.binned import BinnedPixelStatistics, binned_variant
 from medzsad.metrics.category import pixel_counts, pixel_metric_names, pixel_metrics_from_data
 from medzsad.metrics.pixels import PixelStatistics
 from medzsad.metrics.pro import aupro_from_data, aupro_undefined_reason, check_fpr_limit
 from medzsad.metrics.ranking import ranking_metrics
-from medzsad.metrics.results import MetricSet, MetricsReport, describe_metric, macro_mean, threshold_suffix
+from medzsad.metrics.results import (
+    MVTEC_EXACT,
+    AuproResult,
+    MetricSet,
+    MetricsReport,
+    describe_metric,
+    macro_mean,
+    threshold_suffix,
+)
 from medzsad.metrics.segmentation import segmentation_counts, summarise_segmentation
 
 STATE_FORMAT = "medzsad.metrics.MetricAccumulator/1"
@@ -30,13 +39,13 @@ SEGMENTATION_PREFIXES = ("dice", "iou", "normal_fp_pixel_rate", "normal_fp_image
 class _CategoryState:
     """Everything one category needs: image scores/labels, the pixel statistic, per-image seg counts."""
 
-    def __init__(self, num_thresholds: int) -> None:
+    def __init__(self, num_thresholds: int, pixel_bins: int | None = None) -> None:
         self.image_scores: list[np.ndarray] = []
         self.image_labels: list[np.ndarray] = []
         self.images = 0
         self.images_without_scores = 0
         self.images_without_masks = 0
-        self.pixels = PixelStatistics()
+        self.pixels = new_pixel_statistics(pixel_bins)
         self.segmentation: list[np.ndarray] = [np.zeros((0, num_thresholds, 3), dtype=np.int64)]
         self.pixels_per_image: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
 
@@ -70,9 +79,9 @@ class _CategoryState:
         return state
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, np.ndarray]) -> _CategoryState:
+    def from_state_dict(cls, state: dict[str, np.ndarray], pixel_bins: int | None = None) -> _CategoryState:
         segmentation = np.asarray(state["segmentation_counts"], dtype=np.int64)
-        category = cls(segmentation.shape[1])
+        category = cls(segmentation.shape[1], pixel_bins)
         category.image_scores = [np.asarray(state["image_scores"], dtype=np.float64)]
         category.image_labels = [np.asarray(state["image_labels"], dtype=bool)]
         category.images, category.images_without_scores, category.images_without_masks = (
@@ -81,8 +90,14 @@ class _CategoryState:
         category.segmentation = [segmentation]
         category.pixels_per_image = [np.asarray(state["pixels_per_image"], dtype=np.int64)]
         pixel_state = {k.removeprefix("pixels/"): v for k, v in state.items() if k.startswith("pixels/")}
-        category.pixels = PixelStatistics.from_state_dict(pixel_state)
+        kind = PixelStatistics if pixel_bins is None else BinnedPixelStatistics
+        category.pixels = kind.from_state_dict(pixel_state)
         return category
+
+
+def new_pixel_statistics(pixel_bins: int | None) -> PixelStatistics | BinnedPixelStatistics:
+    """The exact statistic, or the constant-memory one with ``pixel_bins`` levels."""
+    return PixelStatistics() if pixel_bins is None else BinnedPixelStatistics(pixel_bins)
 
 
 class MetricAccumulator:
@@ -94,9 +109,14 @@ class MetricAccumulator:
             false-positive rates on normal images (``map >= t`` is anomalous); they must be fixed before
             the data is seen because the per-image counts are taken on update.
         include_cflow200: also report the AnomalyCLIP/FAPrompt 200-threshold compatibility AUPRO.
+        pixel_bins: ``None`` (default) for exact pixel metrics; a number of levels (e.g. 65536) for the
+            constant-memory statistic of :mod:`medzsad.metrics.binned`: maps in [0, 1] quantized to
+            that many levels, AU-PRO named ``[mvtec-binned<bins>]``. Not combinable with the
+            compatibility AUPRO, which needs the raw scores.
 
-    Memory: the normal-pixel scores are kept (itemsize bytes per pixel, e.g. 4 for float32 maps), the
-    anomalous pixels with an int64 region size each, and two floats per image.
+    Memory: exact, the normal-pixel scores are kept (itemsize bytes per pixel, e.g. 4 for float32
+    maps), the anomalous pixels with an int64 region size each, and two floats per image; binned,
+    ``24 * pixel_bins`` bytes per category plus the two floats per image.
     """
 
     def __init__(
@@ -105,10 +125,15 @@ class MetricAccumulator:
         fpr_limit: float = 0.3,
         segmentation_thresholds: Sequence[float] = (),
         include_cflow200: bool = False,
+        pixel_bins: int | None = None,
     ) -> None:
         self.fpr_limit = check_fpr_limit(fpr_limit)
         self.segmentation_thresholds = tuple(float(t) for t in segmentation_thresholds)
         self.include_cflow200 = bool(include_cflow200)
+        self.pixel_bins = None if pixel_bins is None else int(pixel_bins)
+        if self.pixel_bins is not None and self.include_cflow200:
+            raise ValueError("the compatibility AUPRO needs the raw pixel scores; it cannot use pixel_bins")
+        new_pixel_statistics(self.pixel_bins)  # validates the number of bins now, not at the first batch
         self._categories: dict[str, _CategoryState] = {}
 
     @property
@@ -163,7 +188,7 @@ class MetricAccumulator:
         """Per category: a fresh PixelStatistics, per-image anomaly flags, seg counts, pixels per image."""
         parts = {}
         for name, indices in _group_indices(names).items():
-            statistics, has_anomaly, seg, pixels = PixelStatistics(), [], [], []
+            statistics, has_anomaly, seg, pixels = new_pixel_statistics(self.pixel_bins), [], [], []
             for sub_maps, sub_masks, where in _sub_batches(map_batch, mask_batch, indices, len(names)):
                 binary = statistics.add(sub_maps, sub_masks, where)
                 sub_maps = sub_maps.reshape(binary.shape)  # one (H, W) sample -> (1, H, W)
@@ -188,7 +213,7 @@ class MetricAccumulator:
         if score_vector is not None and label_vector is None:
             raise ValueError("scores need labels, or masks to take the labels from")
         for name, indices in _group_indices(names).items():
-            state = self._categories.setdefault(name, _CategoryState(len(self.segmentation_thresholds)))
+            state = self._categories.setdefault(name, self._new_category())
             state.images += indices.size
             if score_vector is None:
                 state.images_without_scores += indices.size
@@ -205,16 +230,19 @@ class MetricAccumulator:
 
     def merge(self, other: MetricAccumulator) -> MetricAccumulator:
         """Add another accumulator's data (e.g. a shard loaded from disk); returns self."""
-        mine = (self.fpr_limit, self.segmentation_thresholds, self.include_cflow200)
-        theirs = (other.fpr_limit, other.segmentation_thresholds, other.include_cflow200)
+        mine = (self.fpr_limit, self.segmentation_thresholds, self.include_cflow200, self.pixel_bins)
+        theirs = (other.fpr_limit, other.segmentation_thresholds, other.include_cflow200, other.pixel_bins)
         if mine != theirs:
             raise ValueError(
                 f"cannot merge accumulators with different settings (fpr_limit, segmentation_thresholds, "
-                f"include_cflow200): {mine} vs {theirs}"
+                f"include_cflow200, pixel_bins): {mine} vs {theirs}"
             )
         for name, state in other._categories.items():
-            self._categories.setdefault(name, _CategoryState(len(self.segmentation_thresholds))).merge(state)
+            self._categories.setdefault(name, self._new_category()).merge(state)
         return self
+
+    def _new_category(self) -> _CategoryState:
+        return _CategoryState(len(self.segmentation_thresholds), self.pixel_bins)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays (``np.savez(path, **state)``); arrays may share memory with the accumulator."""
@@ -224,6 +252,7 @@ class MetricAccumulator:
             "fpr_limit": np.asarray(self.fpr_limit),
             "segmentation_thresholds": np.asarray(self.segmentation_thresholds, dtype=np.float64),
             "include_cflow200": np.asarray(self.include_cflow200),
+            "pixel_bins": np.asarray(self.pixel_bins or 0, dtype=np.int64),  # 0: exact
             "categories": np.asarray(names, dtype=str),
         }
         for index, name in enumerate(names):
@@ -240,11 +269,12 @@ class MetricAccumulator:
             fpr_limit=float(state["fpr_limit"]),
             segmentation_thresholds=[float(t) for t in np.atleast_1d(state["segmentation_thresholds"])],
             include_cflow200=bool(state["include_cflow200"]),
+            pixel_bins=int(state.get("pixel_bins", 0)) or None,
         )
         for index, name in enumerate(np.atleast_1d(state["categories"]).tolist()):
             prefix = f"category{index}/"
             category = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            accumulator._categories[name] = _CategoryState.from_state_dict(category)
+            accumulator._categories[name] = _CategoryState.from_state_dict(category, accumulator.pixel_bins)
         return accumulator
 
     def save(self, path: str | os.PathLike) -> None:
@@ -279,9 +309,8 @@ class MetricAccumulator:
                     curves["image_roc"] = (fpr, tpr)
                     curves["image_pr"] = (recall, precision)
             if state.images and state.images_without_masks == 0:
-                data = state.pixels.consolidate()
-                if aupro_undefined_reason(data) is None:
-                    result = aupro_from_data(data, self.fpr_limit)
+                result = self._aupro(state.pixels)
+                if result is not None:
                     curves["pixel_pro"] = (result.fpr, result.pro)
             out[name] = curves
         return out
@@ -307,14 +336,20 @@ class MetricAccumulator:
         counts["anomalous_images"] = int(positives.size)
 
     def _pixel_part(self, state, values, undefined, counts) -> None:
-        names = pixel_metric_names(self.fpr_limit, self.include_cflow200)
+        variant = MVTEC_EXACT if self.pixel_bins is None else binned_variant(self.pixel_bins)
+        names = pixel_metric_names(self.fpr_limit, self.include_cflow200, variant)
         names += [p + threshold_suffix(t) for t in self.segmentation_thresholds for p in SEGMENTATION_PREFIXES]
         missing = _missing_reason(state.images_without_masks, state.images, "masks")
         if missing:
             undefined.update(dict.fromkeys(names, missing))
             return
-        data = state.pixels.consolidate()
-        pixel_values, pixel_undefined = pixel_metrics_from_data(data, self.fpr_limit, self.include_cflow200)
+        if isinstance(state.pixels, BinnedPixelStatistics):
+            pixel_values, pixel_undefined = state.pixels.metrics(self.fpr_limit)
+            counts.update(state.pixels.counts())
+        else:
+            data = state.pixels.consolidate()
+            pixel_values, pixel_undefined = pixel_metrics_from_data(data, self.fpr_limit, self.include_cflow200)
+            counts.update(pixel_counts(data))
         seg_values, seg_undefined = summarise_segmentation(
             np.concatenate(state.segmentation),
             np.concatenate(state.pixels_per_image),
@@ -322,7 +357,12 @@ class MetricAccumulator:
         )
         values.update(pixel_values | seg_values)
         undefined.update(pixel_undefined | seg_undefined)
-        counts.update(pixel_counts(data))
+
+    def _aupro(self, pixels: PixelStatistics | BinnedPixelStatistics) -> AuproResult | None:
+        if isinstance(pixels, BinnedPixelStatistics):
+            return pixels.aupro(self.fpr_limit)
+        data = pixels.consolidate()
+        return None if aupro_undefined_reason(data) else aupro_from_data(data, self.fpr_limit)
 
 
 def _missing_reason(without: int, total: int, what: str) -> str | None:

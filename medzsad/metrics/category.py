@@ -21,8 +21,8 @@ from medzsad.metrics.results import CFLOW200_COMPAT, MVTEC_EXACT, MetricSet, Und
 PIXEL_RANKING_NAMES = ("pixel_auroc", "pixel_ap", "pixel_f1max")
 
 
-def pixel_metric_names(fpr_limit: float, include_cflow200: bool) -> list[str]:
-    names = [*PIXEL_RANKING_NAMES, aupro_name(fpr_limit, MVTEC_EXACT)]
+def pixel_metric_names(fpr_limit: float, include_cflow200: bool, aupro_variant: str = MVTEC_EXACT) -> list[str]:
+    names = [*PIXEL_RANKING_NAMES, aupro_name(fpr_limit, aupro_variant)]
     return [*names, aupro_name(fpr_limit, CFLOW200_COMPAT)] if include_cflow200 else names
 
 

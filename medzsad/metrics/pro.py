@@ -87,19 +87,25 @@ def aupro_from_data(data: PixelData, fpr_limit: float = 0.3, levels: RankLevels 
         raise UndefinedMetricError(aupro_name(limit, MVTEC_EXACT), reason)
     if levels is None:
         levels = rank_levels(data.scores_sorted, data.anomalous_descending, positives_included=True)
-    fpr, pro = _exact_pro_curve(data, levels)
-    value, fpr_clipped, pro_clipped = _trapezoid_up_to(fpr, pro, limit)
-    return AuproResult(float(value / limit), fpr_clipped, pro_clipped, limit, MVTEC_EXACT)
-
-
-def _exact_pro_curve(data: PixelData, levels: RankLevels) -> tuple[np.ndarray, np.ndarray]:
-    """Corners of the MVTec PRO polyline, from (0, 0) to (1, 1), FPR non-decreasing."""
     # Sequential float64 cumsum over the canonically ordered pixels, as the reference accumulates.
     pro_mass = np.cumsum(1.0 / data.anomalous_region_sizes)
     pro_at_or_above = pro_mass[levels.group_ends] / data.num_regions
+    return aupro_from_levels(levels, pro_at_or_above, limit, MVTEC_EXACT)
+
+
+def aupro_from_levels(levels: RankLevels, pro_at_or_above: np.ndarray, limit: float, variant: str) -> AuproResult:
+    """AU-PRO up to ``limit`` from the counts at each distinct anomalous score and the PRO there
+    (``pro_at_or_above[j]``: mean covered fraction of the regions at threshold ``levels.values[j]``)."""
+    fpr, pro = _pro_polyline(levels, pro_at_or_above)
+    value, fpr_clipped, pro_clipped = _trapezoid_up_to(fpr, pro, limit)
+    return AuproResult(float(value / limit), fpr_clipped, pro_clipped, limit, variant)
+
+
+def _pro_polyline(levels: RankLevels, pro_at_or_above: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Corners of the MVTec PRO polyline, from (0, 0) to (1, 1), FPR non-decreasing."""
     pro_above = np.concatenate(([0.0], pro_at_or_above[:-1]))
-    fpr_above = levels.negatives_above / data.num_normal
-    fpr_at_or_above = levels.negatives_at_or_above / data.num_normal
+    fpr_above = levels.negatives_above / levels.num_negatives
+    fpr_at_or_above = levels.negatives_at_or_above / levels.num_negatives
     corners = 2 * levels.values.size
     fpr = np.empty(corners + 3)
     pro = np.empty(corners + 3)

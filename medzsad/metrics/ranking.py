@@ -146,18 +146,28 @@ def ranking_metrics(
     Arguments as :func:`rank_levels`; ``kind`` ("images", "pixels") words the reasons.
     """
     num_negatives = sorted_scores.size - (positives_descending.size if positives_included else 0)
-    reasons = ranking_undefined_reason(num_negatives, positives_descending.size, kind)
-    undefined = {f"{prefix}_{metric}": why for metric, why in reasons.items()}
     if positives_descending.size == 0:
-        return {}, undefined, None
+        return (*metrics_from_levels(None, num_negatives, prefix, kind), None)
     levels = rank_levels(sorted_scores, positives_descending, positives_included)
+    return (*metrics_from_levels(levels, num_negatives, prefix, kind), levels)
+
+
+def metrics_from_levels(
+    levels: RankLevels | None, num_negatives: int, prefix: str, kind: str
+) -> tuple[dict[str, float], dict[str, str]]:
+    """AUROC, AP and F1-max from counts (``None``: there are no positives), with undefined reasons."""
+    num_positives = 0 if levels is None else levels.num_positives
+    reasons = ranking_undefined_reason(num_negatives, num_positives, kind)
+    undefined = {f"{prefix}_{metric}": why for metric, why in reasons.items()}
+    if levels is None:
+        return {}, undefined
     values = {
         f"{prefix}_ap": average_precision_from_levels(levels),
         f"{prefix}_f1max": f1_max_from_levels(levels)[0],
     }
     if num_negatives:
         values[f"{prefix}_auroc"] = auroc_from_levels(levels)
-    return values, undefined, levels
+    return values, undefined
 
 
 def image_metrics(scores: ArrayLike, labels: ArrayLike) -> MetricSet:

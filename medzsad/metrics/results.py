@@ -47,6 +47,11 @@ def describe_metric(name: str) -> str:
             "MVTec AD reference AU-PRO: 8-connected regions per image, pooled over the category, every "
             "distinct score a threshold, trapezoid up to the FPR limit with interpolation, divided by the limit"
         )
+    if name.startswith("pixel_aupro@") and "[mvtec-binned" in name:
+        return (
+            "MVTec AD AU-PRO of the maps quantized to the named number of levels over [0, 1] "
+            "(constant-memory statistic); differs from mvtec-exact by the quantization only"
+        )
     if name.startswith("pixel_aupro@") and name.endswith(f"[{CFLOW200_COMPAT}]"):
         return (
             "NOT the MVTec metric: AnomalyCLIP/FAPrompt/cflow-ad cal_pro_score, 200 equally spaced "
