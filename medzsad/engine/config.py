@@ -87,6 +87,10 @@ class EvalConfig:
         save_maps: also write every anomaly map (``.npz``, float32, at model resolution).
         pixel_metrics: compute pixel-level metrics where masks exist.
         aupro_compat: also report the 200-threshold AUPRO of the AnomalyCLIP/FAPrompt code (labelled).
+        pixel_bins: ``None`` for exact pixel metrics (every pixel score is kept: 4 bytes per pixel,
+            about 1 MB per 518² map); a number of levels (e.g. 65536) for constant memory per
+            category on archives that do not fit: maps quantized to that many levels over [0, 1],
+            AU-PRO reported as ``[mvtec-binned<N>]`` (docs/metrics.md).
         dice_threshold: threshold on the anomaly map for Dice/IoU and the normal-image FP rate.
         precision: "fp32", or "bf16"/"fp16" for the backbone's transformer blocks (GPU); heads stay fp32.
         seed: seed of any sampling at test time (CoPS draws VAE samples).
@@ -100,6 +104,7 @@ class EvalConfig:
     save_maps: bool = False
     pixel_metrics: bool = True
     aupro_compat: bool = False
+    pixel_bins: int | None = None
     dice_threshold: float = 0.5
     precision: str = "fp32"
     seed: int = 0
@@ -279,6 +284,11 @@ def validate_method_config(config: RunConfig) -> None:
     for section, value in (("train.precision", config.train.precision), ("eval.precision", config.eval.precision)):
         if value not in {"fp32", "bf16", "fp16"}:
             raise ConfigError(f"{section}: expected fp32, bf16 or fp16, got {value!r}")
+    bins = config.eval.pixel_bins
+    if bins is not None and bins < 2:
+        raise ConfigError(f"eval.pixel_bins: expected at least 2 levels, or null for exact metrics; got {bins}")
+    if bins is not None and config.eval.aupro_compat:
+        raise ConfigError("eval.pixel_bins: the compatibility AUPRO (eval.aupro_compat) needs exact pixel scores")
     workers_of = {"train.num_workers": config.train.num_workers, "eval.num_workers": config.eval.num_workers}
     for section, workers in workers_of.items():
         if workers is not None and workers < 0:

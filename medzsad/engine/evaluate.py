@@ -210,7 +210,9 @@ def _evaluate_indices(
         persistent_workers=False,
     )
     accumulator = MetricAccumulator(
-        segmentation_thresholds=(config.dice_threshold,), include_cflow200=config.aupro_compat
+        segmentation_thresholds=(config.dice_threshold,),
+        include_cflow200=config.aupro_compat,
+        pixel_bins=config.pixel_bins,
     )
     predict = torch.compile(method.predict) if config.compile else method.predict
     review: list[ReviewSample] = []

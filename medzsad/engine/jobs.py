@@ -166,7 +166,7 @@ def evaluate_config(
             continue
         write_scores(output_dir / f"scores_{spec.name}.csv", result)
         if not quiet:
-            print(f"\n{spec.name} ({method.name}; pixel AU-PRO is the exact MVTec AD metric)")
+            print(f"\n{spec.name} ({method.name}; {_pixel_metric_kind(config)})")
             print(result.report.format_table())
         with _maybe_tracked(config, Purpose.ZERO_SHOT_EVAL, method, spec.name, _aux_data(config)) as run:
             if run is not None:
@@ -200,7 +200,7 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
     metrics["mean"] = dict(report.macro_mean.values)
     run.log_eval(metrics)
     if result.accumulator is not None:
-        _log_curves(run, result.accumulator.curves(), report.per_category)
+        _log_curves(run, result.accumulator.curves(), report.per_category, _aupro_name(config))
     review = result.review
     if not config.tracking.deidentified:
         review = [sample for sample in review if not sample.burned_in_text]
@@ -219,12 +219,28 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
         )
 
 
-def _log_curves(run: Any, curves: Mapping[str, Mapping[str, tuple]], per_category: Mapping[str, Any]) -> None:
+def _aupro_name(config: RunConfig) -> str:
+    """Result key of the AU-PRO this evaluation reports (exact, or over quantized maps)."""
+    from medzsad.metrics import MVTEC_EXACT, aupro_name, binned_variant
+
+    bins = config.eval.pixel_bins
+    return aupro_name(0.3, MVTEC_EXACT if bins is None else binned_variant(bins))
+
+
+def _pixel_metric_kind(config: RunConfig) -> str:
+    if config.eval.pixel_bins is None:
+        return "pixel AU-PRO is the exact MVTec AD metric"
+    return f"pixel metrics of maps quantized to {config.eval.pixel_bins} levels, constant memory"
+
+
+def _log_curves(
+    run: Any, curves: Mapping[str, Mapping[str, tuple]], per_category: Mapping[str, Any], aupro_key: str
+) -> None:
     """One figure per curve kind (ROC, PR at image level; PRO at pixel level), a line per category."""
     from medzsad.tracking import Curve
 
     kinds = {"image_roc": ("roc", "image", "image_auroc", None), "image_pr": ("pr", "image", "image_ap", None)}
-    kinds["pixel_pro"] = ("pro", "pixel", "pixel_aupro@0.3[mvtec-exact]", 0.3)
+    kinds["pixel_pro"] = ("pro", "pixel", aupro_key, 0.3)
     for key, (kind, level, area_name, limit) in kinds.items():
         lines = {
             category: Curve(*found[key], area=per_category[category].values.get(area_name))

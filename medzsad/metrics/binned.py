@@ -85,24 +85,30 @@ class BinnedPixelStatistics:
         binary = as_binary_masks(masks, where.replace("maps", "masks"))
         if maps.ndim == 2:
             maps, binary = maps[None], binary[None]
-        levels = self.quantize(maps, where)
-        self.pixels += np.bincount(levels.ravel(), minlength=self.bins)
-        for index in np.flatnonzero(binary.reshape(binary.shape[0], -1).any(axis=1)):
-            region_levels, weights, regions = _region_pixels(levels[index], binary[index])
+        self.check_range(maps, where)
+        for one_map, mask in zip(maps, binary):  # one map at a time: temporaries stay a few MB
+            levels = self.quantize(one_map)
+            self.pixels += np.bincount(levels.ravel(), minlength=self.bins)
+            if not mask.any():
+                continue
+            region_levels, weights, regions = _region_pixels(levels, mask)
             self.anomalous += np.bincount(region_levels, minlength=self.bins)
             # float64 bincount sums whole numbers exactly below 2^53 (< 2^21 regions in one image).
             self.pro_weight += np.rint(np.bincount(region_levels, weights, minlength=self.bins)).astype(np.int64)
             self.num_regions += regions
         return binary
 
-    def quantize(self, maps: np.ndarray, where: str = "maps") -> np.ndarray:
-        """Level ``round(score * (bins - 1))`` of every score (int32); refuses scores outside [0, 1]."""
+    @staticmethod
+    def check_range(maps: np.ndarray, where: str = "maps") -> None:
         low, high = float(maps.min()), float(maps.max())
         if low < 0.0 or high > 1.0:
             raise ValueError(
                 f"{where}: binned pixel metrics need maps in [0, 1], got values in [{low:g}, {high:g}]; "
                 "use the exact statistic (no pixel bins) for other ranges"
             )
+
+    def quantize(self, maps: np.ndarray) -> np.ndarray:
+        """Level ``round(score * (bins - 1))`` of every score in [0, 1] (int32, float64 arithmetic)."""
         return np.rint(maps.astype(np.float64, copy=False) * (self.bins - 1)).astype(np.int32)
 
     def merge(self, other: BinnedPixelStatistics) -> None:

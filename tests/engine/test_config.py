@@ -35,6 +35,8 @@ def test_overrides_are_typed_yaml(tmp_path):
         (["method_config.bogus=1"], "unknown config key method_config.bogus"),
         (["eval.precision=fp8"], "eval.precision"),
         (["eval.num_workers=-1"], "eval.num_workers: expected a number of processes"),
+        (["eval.pixel_bins=1"], "eval.pixel_bins: expected at least 2 levels"),
+        (["eval.pixel_bins=256", "eval.aupro_compat=true"], "eval.pixel_bins: the compatibility AUPRO"),
         (["train.resume=maybe"], "train.resume: expected true or false"),
         (["train"], "must look like key.subkey=value"),
     ],

@@ -243,3 +243,20 @@ def test_training_with_loader_workers_equals_the_main_process(tiny_dataset, tmp_
         run_train(train_config(tiny_dataset, tmp_path / str(workers), "train.epochs=1", f"train.num_workers={workers}"))
     a, b = (load_file(tmp_path / str(w) / "epoch_1.safetensors") for w in (0, 2))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_constant_memory_pixel_metrics_match_the_exact_ones_closely(tiny_dataset, trained, tmp_path, capsys):
+    def mean_metrics(*extra: str):
+        run = [f"checkpoint={trained}", f"data.test=[{tiny_dataset}]", f"eval.output_dir={tmp_path}"]
+        config = load_config(None, [*TINY_OVERRIDES, *run, *extra])
+        (result,) = evaluate_config(config).values()
+        return result.report.macro_mean.values
+
+    exact = mean_metrics()
+    binned = mean_metrics("eval.pixel_bins=65536")
+    assert "maps quantized to 65536 levels" in capsys.readouterr().out
+    assert "pixel_aupro@0.3[mvtec-exact]" not in binned
+    assert abs(binned["pixel_aupro@0.3[mvtec-binned65536]"] - exact["pixel_aupro@0.3[mvtec-exact]"]) < 1e-3
+    for key in ("pixel_auroc", "pixel_ap", "image_auroc", "dice@0.5"):
+        assert abs(binned[key] - exact[key]) < 1e-3, key
+    assert binned["image_auroc"] == exact["image_auroc"]  # image metrics are never binned
