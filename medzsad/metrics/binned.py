@@ -22,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medzsad.metrics._validate import as_binary_masks, check_maps, check_same_shape
-from medzsad.metrics.pixels import EIGHT_CONNECTED
+from medzsad.metrics.pixels import EIGHT_CONNECTED, map_batch
 from medzsad.metrics.pro import aupro_from_levels, check_fpr_limit
 from medzsad.metrics.ranking import RankLevels, metrics_from_levels
 from medzsad.metrics.results import AuproResult, aupro_name
@@ -77,14 +76,7 @@ class BinnedPixelStatistics:
 
         Returns the masks as bool ``(N, H, W)``. ``where`` names the input in error messages.
         """
-        masks = np.asarray(masks)
-        if maps.ndim not in (2, 3):
-            raise ValueError(f"{where}: expected (H, W) or (N, H, W) maps; got shape {maps.shape}")
-        check_same_shape(maps, masks, where)
-        check_maps(maps, where)
-        binary = as_binary_masks(masks, where.replace("maps", "masks"))
-        if maps.ndim == 2:
-            maps, binary = maps[None], binary[None]
+        maps, binary = map_batch(maps, masks, where)
         self.check_range(maps, where)
         for one_map, mask in zip(maps, binary):  # one map at a time: temporaries stay a few MB
             levels = self.quantize(one_map)

@@ -42,6 +42,21 @@ def anomalous_pixels(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
     return scores[box][mask], sizes[labels[mask]].astype(np.int64), int(num_regions)
 
 
+def map_batch(maps: np.ndarray, masks: np.ndarray, where: str = "maps") -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``(N, H, W)`` maps and bool masks from a batch or one ``(H, W)`` map and its mask.
+
+    Raises ValueError naming ``where`` for a wrong shape, NaN/inf, or non-binary masks."""
+    masks = np.asarray(masks)
+    if maps.ndim not in (2, 3):
+        raise ValueError(f"{where}: expected (H, W) or (N, H, W) maps; got shape {maps.shape}")
+    check_same_shape(maps, masks, where)
+    check_maps(maps, where)
+    binary = as_binary_masks(masks, where.replace("maps", "masks"))
+    if maps.ndim == 2:
+        maps, binary = maps[None], binary[None]
+    return maps, binary
+
+
 @dataclass(frozen=True)
 class PixelData:
     """Consolidated statistic: ready to compute metrics from.
@@ -82,14 +97,7 @@ class PixelStatistics:
 
         Returns the masks as bool ``(N, H, W)``. ``where`` names the input in error messages.
         """
-        masks = np.asarray(masks)
-        if maps.ndim not in (2, 3):
-            raise ValueError(f"{where}: expected (H, W) or (N, H, W) maps; got shape {maps.shape}")
-        check_same_shape(maps, masks, where)
-        check_maps(maps, where)
-        binary = as_binary_masks(masks, where.replace("maps", "masks"))
-        if maps.ndim == 2:
-            maps, binary = maps[None], binary[None]
+        maps, binary = map_batch(maps, masks, where)
         self._score_chunks.append(np.copy(maps, order="C").reshape(-1))  # owned: sorted in place later
         self._scores_are_sorted = False
         for index in np.flatnonzero(binary.reshape(binary.shape[0], -1).any(axis=1)):

@@ -61,3 +61,17 @@ def random_category(num_images: int, shape: tuple[int, int], seed: int, decimals
     if decimals is not None:
         maps = np.round(maps, decimals)
     return maps, masks
+
+
+def merged_through_files(shards, folder, order):
+    """Save every shard accumulator to ``folder``, load them back and merge them in ``order``."""
+    from medzsad.metrics import MetricAccumulator
+
+    paths = []
+    for index, shard in enumerate(shards):
+        paths.append(folder / f"shard{index}.npz")
+        shard.save(paths[-1])
+    merged = MetricAccumulator.load(paths[order[0]])
+    for index in order[1:]:
+        merged.merge(MetricAccumulator.load(paths[index]))
+    return merged

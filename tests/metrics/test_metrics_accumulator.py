@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from metrics_synthetic import random_category, realistic_category
+from metrics_synthetic import merged_through_files, random_category, realistic_category
 
 from medzsad.metrics import MetricAccumulator, image_metrics, pixel_metrics, segmentation_at_threshold
 
@@ -70,15 +70,8 @@ def test_merged_shards_give_bit_identical_results(tmp_path):
     data = _dataset()
     expected = _single_pass(data).compute().to_dict()
     shards = _shards(data, np.random.default_rng(0))
-    paths = []
-    for index, shard in enumerate(shards):
-        paths.append(tmp_path / f"shard{index}.npz")
-        shard.save(paths[-1])
     for order in ([0, 1, 2], [2, 0, 1]):
-        merged = MetricAccumulator.load(paths[order[0]])
-        for index in order[1:]:
-            merged.merge(MetricAccumulator.load(paths[index]))
-        assert merged.compute().to_dict() == expected
+        assert merged_through_files(shards, tmp_path, order).compute().to_dict() == expected
 
 
 def test_mixed_category_batches_and_per_image_lists_give_the_same_numbers():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from metrics_synthetic import random_category, realistic_category
+from metrics_synthetic import merged_through_files, random_category, realistic_category
 
 from medzsad.metrics import MetricAccumulator, binned_variant
 
@@ -72,14 +72,8 @@ def test_shards_merge_exactly_in_any_order_through_files(tmp_path):
             chosen = np.flatnonzero(assignment == index)
             if chosen.size:
                 shard.update(name, maps=maps[chosen], masks=masks[chosen])
-    paths = []
-    for index, shard in enumerate(shards):
-        paths.append(tmp_path / f"shard{index}.npz")
-        shard.save(paths[-1])
     for order in ([0, 1, 2], [2, 0, 1]):
-        merged = MetricAccumulator.load(paths[order[0]])
-        for index in order[1:]:
-            merged.merge(MetricAccumulator.load(paths[index]))
+        merged = merged_through_files(shards, tmp_path, order)
         assert merged.pixel_bins == 1024
         assert merged.compute().to_dict() == expected
 
