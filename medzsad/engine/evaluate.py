@@ -279,8 +279,8 @@ def predictions_ahead(
     """``(batch, scores [B], maps [B, S, S])`` for each batch, in order, one batch ahead on a GPU.
 
     Batch ``i + 1`` is launched before batch ``i``'s outputs are handed over, so the GPU computes while
-    the caller accumulates metrics and writes files (about 1.2 ms per 518² image on one core,
-    ``scripts/bench_pipeline.py``: a third of the time per image at 300 images/s). The outputs are the
+    the caller accumulates metrics and writes files (1 to 2 ms per 518² image on one core,
+    ``scripts/bench_pipeline.py``: a third to a half of the time per image at 300 images/s). The outputs are the
     same as a plain loop's: the same calls in the same order (CoPS's random draws included). On a CPU
     it is the plain loop.
     """
