@@ -1,10 +1,11 @@
 """Inference and training speed of medzsad against a deliberately plain path that mirrors the official code.
 
 The plain path is what the official scripts do: fp32, one image at a time, the text encoder run again
-for every image (no cache), attention written as ``softmax(q kᵀ/√d) v`` with explicit matrix products
-for both the original and the V-V stream. Our path: batches, fused scaled-dot-product attention for
-both streams from one qkv projection, text features cached where they do not depend on the image,
-``inference_mode``, and on a GPU bf16/fp16 transformer blocks (``--precision``) and optional ``torch.compile``.
+for every image (no cache) over the whole 77-token context, attention written as ``softmax(q kᵀ/√d) v``
+with explicit matrix products for both the original and the V-V stream. Our path: batches, fused
+scaled-dot-product attention for both streams from one qkv projection, text features cached where they
+do not depend on the image, text encoded only up to the last EOT token, ``inference_mode``, and on a
+GPU bf16/fp16 transformer blocks (``--precision``) and optional ``torch.compile``.
 
 Both paths run in this one process on the same inputs and the same random-weight backbone (no weights
 are downloaded); the script prints images/s, the ratio, peak memory and how far the outputs differ.
@@ -27,7 +28,7 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from medzsad.backbone import ClipBackbone, load_clip
+from medzsad.backbone import ClipBackbone, PromptableTextEncoder, load_clip
 from medzsad.methods.registry import method_class
 
 
@@ -39,9 +40,20 @@ def plain_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     return scores.softmax(dim=-1) @ v
 
 
+_encode_text = PromptableTextEncoder.forward
+
+
+def full_context_text(self, *args, length=None, **kwargs):
+    """The text encoder over the whole 77-token context, as the official code runs it."""
+    return _encode_text(self, *args, **kwargs)
+
+
 @contextlib.contextmanager
 def plain_path() -> Iterator[None]:
-    with mock.patch.object(F, "scaled_dot_product_attention", plain_attention):
+    with (
+        mock.patch.object(F, "scaled_dot_product_attention", plain_attention),
+        mock.patch.object(PromptableTextEncoder, "forward", full_context_text),
+    ):
         yield
 
 

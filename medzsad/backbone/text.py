@@ -59,6 +59,7 @@ class PromptableTextEncoder(nn.Module):
         token_ids: torch.Tensor,
         deep_prompts: Sequence[torch.Tensor] = (),
         fp16_deep_prompts: bool = True,
+        length: int | None = None,
     ) -> torch.Tensor:
         """Encode prompts.
 
@@ -68,6 +69,10 @@ class PromptableTextEncoder(nn.Module):
             deep_prompts: vectors ``[n, width]`` for text blocks 2, 3, ...; each overwrites positions
                 ``1..n`` before its block.
             fp16_deep_prompts: round the deep vectors through fp16 as the reference code does.
+            length: encode only the first ``length`` positions (at least every prompt's EOT position
+                + 1, see :func:`used_length`). The attention is causal, so the EOT feature never sees
+                the padding after it: the result is the same, for a fraction of the work (prompts of
+                about 20 tokens in a 77-token context).
 
         Returns:
             ``[P, D]`` projected EOT features, not normalised.
@@ -75,8 +80,13 @@ class PromptableTextEncoder(nn.Module):
         blocks = self.transformer.resblocks
         if len(deep_prompts) >= len(blocks):
             raise ValueError(f"{len(deep_prompts)} deep prompt layers for a {len(blocks)}-block text encoder")
-        x = token_embeddings + self.positional_embedding.to(token_embeddings.dtype)
-        mask = self.attn_mask.to(x.dtype)
+        if length is not None:
+            if deep_prompts and length <= deep_prompts[0].shape[0]:
+                raise ValueError(f"length {length} leaves no room after {deep_prompts[0].shape[0]} deep prompt tokens")
+            token_embeddings, token_ids = token_embeddings[:, :length], token_ids[:, :length]
+        tokens = token_embeddings.shape[1]
+        x = token_embeddings + self.positional_embedding[:tokens].to(token_embeddings.dtype)
+        mask = self.attn_mask[:tokens, :tokens].to(x.dtype)
         with blocks_precision(x.device, self.compute_dtype):
             for index, block in enumerate(blocks):
                 if 1 <= index <= len(deep_prompts):
@@ -97,3 +107,10 @@ def overwrite_after_sot(x: torch.Tensor, vectors: torch.Tensor, fp16_round: bool
         # flowing back through the cast are both rounded to fp16.
         inserted = inserted.half()
     return torch.cat([x[:, :1], inserted.to(x.dtype), x[:, 1 + count :]], dim=1)
+
+
+def used_length(token_ids: torch.Tensor) -> int:
+    """Positions up to and including the last EOT of ``token_ids [P, T]`` (EOT is the largest id): the
+    ``length`` that :meth:`PromptableTextEncoder.forward` needs. Call it where the ids are built (on
+    the CPU): on a GPU tensor it would make the host wait."""
+    return int(token_ids.argmax(dim=-1).max()) + 1

@@ -102,6 +102,7 @@ class AnomalyCLIP(ZsadMethod):
             prompt.slots.token_ids,
             list(prompt.compound_prompts_text),
             self.config.fp16_deep_prompts,
+            length=prompt.slots.length,
         )
 
     def text_features(self) -> torch.Tensor:

@@ -363,6 +363,7 @@ class CoPS(ZsadMethod):
             token_ids.flatten(0, 2),
             list(prompt.compound_prompts_text),
             self.config.fp16_deep_prompts,
+            length=prompt.slots.length,
         )
         text = F.normalize(text, dim=-1).reshape(batch, samples, states, -1)
         return text.transpose(1, 2)

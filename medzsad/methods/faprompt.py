@@ -240,8 +240,13 @@ class FAPrompt(ZsadMethod):
 
     # -- text side ---------------------------------------------------------------------------------
     def _encode(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        slots = (self.prompt.normal_slots, self.prompt.abnormal_slots)
         return self.backbone.text(
-            embeddings, token_ids, list(self.prompt.compound_prompts_text), self.config.fp16_deep_prompts
+            embeddings,
+            token_ids,
+            list(self.prompt.compound_prompts_text),
+            self.config.fp16_deep_prompts,
+            length=max(s.length for s in slots),
         )
 
     def encode_static_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:

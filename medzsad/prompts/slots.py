@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from medzsad.backbone.text import PromptableTextEncoder
+from medzsad.backbone.text import PromptableTextEncoder, used_length
 
 
 class PromptSlots(nn.Module):
@@ -27,6 +27,9 @@ class PromptSlots(nn.Module):
 
     Buffers (not saved in checkpoints; they follow from the backbone):
         token_ids ``[P, T]``, prefix ``[P, 1, W]``, suffix ``[P, T - 1 - n_ctx, W]``.
+
+    Attributes:
+        length: positions the text encoder needs (up to the last EOT), for its ``length`` argument.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class PromptSlots(nn.Module):
             embedding = text_encoder.embed_tokens(token_ids.to(text_encoder.token_embedding.weight.device))
         self.n_ctx = n_ctx
         self.texts = list(texts)
+        self.length = used_length(token_ids)
         self.register_buffer("token_ids", token_ids, persistent=False)
         self.register_buffer("prefix", embedding[:, :1].clone(), persistent=False)
         self.register_buffer("suffix", embedding[:, 1 + n_ctx :].clone(), persistent=False)

@@ -147,3 +147,21 @@ def test_reduced_precision_runs_the_blocks_only(tiny):
     assert 0 < (reduced.patch_features[0] - reference.patch_features[0]).abs().max() < 0.05 * scale
     with pytest.raises(ValueError, match="precision must be one of"):
         tiny.set_precision("fp8")
+
+
+def test_text_encoded_up_to_the_last_eot_equals_the_full_context(tiny):
+    # Causal attention: the EOT feature never sees the padding after it, so it can be left out.
+    from medzsad.backbone.text import used_length
+
+    tokens = tiny.tokenize(["a photo of a damaged object.", "a flawless object"])
+    deep = [torch.randn(3, tiny.text_width, generator=torch.Generator().manual_seed(i)) * 0.02 for i in range(2)]
+    embeddings = tiny.text.embed_tokens(tokens)
+    length = used_length(tokens)
+    assert length == 9 and length < tokens.shape[1]  # SOT, 7 words and punctuation, EOT
+    with torch.no_grad():
+        full = tiny.text(embeddings, tokens, deep)
+        short = tiny.text(embeddings, tokens, deep, length=length)
+    # Same mathematics; kernels sum in another order for another sequence length (float rounding).
+    torch.testing.assert_close(short, full, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="no room after 3 deep prompt tokens"):
+        tiny.text(embeddings, tokens, deep, length=3)
