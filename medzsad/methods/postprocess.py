@@ -46,7 +46,9 @@ def _reflect_pad_last(x: torch.Tensor, radius: int) -> torch.Tensor:
 def _device_kernel(sigma: float, truncate: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # Built once per device: a fresh host-to-GPU copy of the weights on every call would make the host
     # wait for all queued GPU work, and the evaluation loop relies on launching batches asynchronously.
-    return gaussian_kernel1d(sigma, truncate).to(device=device, dtype=dtype).view(1, 1, -1)
+    # Never an inference tensor, so a cached kernel also serves calls that need gradients.
+    with torch.inference_mode(False):
+        return gaussian_kernel1d(sigma, truncate).to(device=device, dtype=dtype).view(1, 1, -1)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:

@@ -130,6 +130,20 @@ def test_gaussian_blur_equals_scipy(sigma):
     np.testing.assert_allclose(ours, expected, atol=2e-6)
 
 
+def test_cached_blur_kernel_serves_inference_and_gradient_calls():
+    from medzsad.methods.postprocess import _device_kernel
+
+    _device_kernel.cache_clear()
+    maps = torch.rand(2, 40, 50)
+    with torch.inference_mode():
+        first = gaussian_blur(maps, 4.0)  # fills the cache inside inference mode
+    leaf = maps.clone().requires_grad_(True)
+    gaussian_blur(leaf, 4.0).sum().backward()  # the cached kernel must not be an inference tensor
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    torch.testing.assert_close(gaussian_blur(maps, 4.0), first, rtol=0, atol=0)
+    assert _device_kernel.cache_info().misses == 1
+
+
 def test_reduced_precision_runs_the_blocks_only(tiny):
     images = torch.randn(2, 3, 224, 224)
     reference = tiny.encode_image(images, (-1,), 2)
