@@ -1,7 +1,8 @@
 """Zero-shot evaluation: run a method over a dataset, accumulate exact metrics, keep review examples.
 
 Maps and masks are compared at model resolution (518² by default), as the reference evaluation does;
-metrics come from :class:`medzsad.metrics.MetricAccumulator` (exact AUROC/AP/F1-max/AU-PRO). Memory
+metrics come from :class:`medzsad.metrics.MetricAccumulator` (exact AUROC/AP/F1-max/AU-PRO, or with
+``eval.pixel_bins`` the constant-memory statistic). Memory
 stays bounded on large archives: per-sample results keep only a score and a label, and review copies
 (downscaled image, map and mask) are kept for at most ``review_limit`` samples.
 
