@@ -20,9 +20,8 @@ Maps must lie in [0, 1] (every method's maps are probabilities); anything else i
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-from medzsad.metrics.pixels import EIGHT_CONNECTED, map_batch
+from medzsad.metrics.pixels import anomalous_regions, map_batch
 from medzsad.metrics.pro import aupro_from_levels, check_fpr_limit
 from medzsad.metrics.ranking import RankLevels, metrics_from_levels
 from medzsad.metrics.results import AuproResult, aupro_name
@@ -43,16 +42,14 @@ def _region_pixels(levels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np
     first ``FIXED_POINT % n`` pixels (row-major) one more, so every region sums to exactly 1 and PRO is
     off by at most one unit (2^-32) per region at any threshold.
     """
-    labels, num_regions = ndimage.label(mask, structure=EIGHT_CONNECTED)
-    region = labels[mask]  # row-major, as the levels below
-    sizes = np.bincount(region, minlength=num_regions + 1)
+    region_levels, region, sizes = anomalous_regions(levels, mask)
     share, remainder = FIXED_POINT // np.maximum(sizes, 1), FIXED_POINT % np.maximum(sizes, 1)
     order = np.argsort(region, kind="stable")
     first_of_region = np.concatenate(([0], np.cumsum(sizes[1:])))[region[order] - 1]
     rank = np.empty(region.size, dtype=np.int64)
     rank[order] = np.arange(region.size) - first_of_region
     weights = share[region] + (rank < remainder[region])
-    return levels[mask], weights.astype(np.float64), int(num_regions)
+    return region_levels, weights.astype(np.float64), sizes.size - 1
 
 
 class BinnedPixelStatistics:

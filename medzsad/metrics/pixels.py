@@ -29,9 +29,9 @@ from medzsad.metrics._validate import as_binary_masks, check_maps, check_same_sh
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def anomalous_pixels(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Scores of the anomalous pixels of one 2-D map, the size of each one's 8-connected region, and
-    the number of regions (pixels in row-major order)."""
+def anomalous_regions(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores of the anomalous pixels of one 2-D map, the label (1, 2, ...) of each one's 8-connected
+    region, and the region sizes indexed by label (index 0 unused); pixels in row-major order."""
     # Work on the bounding box of the anomalous pixels only; row-major order inside it is the same.
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -39,7 +39,15 @@ def anomalous_pixels(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
     mask = mask[box]
     labels, num_regions = ndimage.label(mask, structure=EIGHT_CONNECTED)
     sizes = np.bincount(labels.ravel(), minlength=num_regions + 1)
-    return scores[box][mask], sizes[labels[mask]].astype(np.int64), int(num_regions)
+    sizes[0] = 0
+    return scores[box][mask], labels[mask], sizes
+
+
+def anomalous_pixels(scores: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scores of the anomalous pixels of one 2-D map, the size of each one's 8-connected region, and
+    the number of regions (pixels in row-major order)."""
+    values, region, sizes = anomalous_regions(scores, mask)
+    return values, sizes[region].astype(np.int64), sizes.size - 1
 
 
 def map_batch(maps: np.ndarray, masks: np.ndarray, where: str = "maps") -> tuple[np.ndarray, np.ndarray]:
