@@ -15,15 +15,14 @@ multi-frame DICOM). Unknown keys are kept, so an existing manifest round-trips u
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medzsad.data.errors import DataError
+from medzsad.utils.files import atomic_write_text
 
 __all__ = [
     "SPLITS",
@@ -172,17 +171,7 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
 def write_manifest(manifest: Manifest, path: str | Path) -> Path:
     """Write ``meta.json`` atomically, formatted as the official generators do (indent 4)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(manifest.to_json(), indent=4) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(manifest.to_json(), indent=4) + "\n")
 
 
 # ------------------------------------------------------------------------------------ mask pairing

@@ -19,8 +19,6 @@ Orientation convention (one for every reader; see docs/data.md):
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from medzsad.data.ids import clean_meta, pseudonymous_id
 from medzsad.data.readers import _dcmread, _first_line, detect_format, dicom_pixels, is_dicom_file
 from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Batch, Sample, collate_samples
 from medzsad.data.transforms import ClipImageTransform, ClipMaskTransform, map_to_original
+from medzsad.utils.files import atomic_path
 
 __all__ = [
     "AXES",
@@ -668,18 +667,9 @@ def write_nifti(array: np.ndarray, volume: Volume, path: str | Path, *, dtype: A
     img.set_qform(volume.source_affine, code=1)
     img.set_sform(volume.source_affine, code=1)
     img.header.set_xyzt_units("mm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nib.save(img, tmp)
     return path
 
 
@@ -756,13 +746,6 @@ def write_dicom_seg(
             device_serial_number="none",
         )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".dcm", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         seg.save_as(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

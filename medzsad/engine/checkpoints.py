@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import medzsad
 from medzsad.backbone.clip import ClipBackbone
 from medzsad.methods.base import ZsadMethod
 from medzsad.methods.registry import method_class
+from medzsad.utils.files import atomic_path, atomic_write_text
 
 FORMAT_VERSION = 1
 
@@ -63,25 +63,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``(tensors, metadata)`` paths for a checkpoint given with or without its suffix."""
     base = Path(path)
@@ -104,15 +85,8 @@ def save_checkpoint(
         training=dict(training or {}),
         versions=_versions(),
     )
-    tensor_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=tensor_path.parent, prefix=f".{tensor_path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(tensor_path, fsync=True) as tmp:
         save_file(tensors, tmp, metadata={"medzsad_method": method.name})
-        os.replace(tmp, tensor_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     atomic_write_text(meta_path, json.dumps(info.to_json(), indent=2, sort_keys=True))
     return tensor_path, meta_path
 

@@ -29,12 +29,12 @@ from tqdm.auto import tqdm
 from medzsad.backbone.clip import CLIP_MEAN, CLIP_STD
 from medzsad.data.records import Batch, collate_samples
 from medzsad.engine import distributed
-from medzsad.engine.checkpoints import atomic_write_bytes, atomic_write_text
 from medzsad.engine.config import EvalConfig
 from medzsad.engine.runtime import loader_workers
 from medzsad.methods.base import MethodOutput, ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
 from medzsad.tracking.review import ReviewSample
+from medzsad.utils.files import atomic_write_bytes, atomic_write_text
 
 
 @dataclass

@@ -295,7 +295,7 @@ def run_table(base: RunConfig, columns: Mapping[str, RunConfig]) -> str:
     Each column config brings its method and checkpoint; data and evaluation settings come from
     ``base``. Returns the table text (also written as ``table.md`` in ``base.eval.output_dir``).
     """
-    from medzsad.engine.checkpoints import atomic_write_text
+    from medzsad.utils.files import atomic_write_text
 
     results: dict[str, dict[str, DatasetEvaluation]] = {}
     for label, column in columns.items():

@@ -18,8 +18,6 @@ rank 0 writes checkpoints and ``state.pt`` and every process resumes from rank 0
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from medzsad.engine.checkpoints import save_checkpoint
 from medzsad.engine.config import TrainConfig
 from medzsad.engine.runtime import loader_workers
 from medzsad.methods.base import BatchTerm, ZsadMethod
+from medzsad.utils.files import atomic_path
 
 STATE_FILE = "state.pt"
 EpochCallback = Callable[[int, Mapping[str, float]], None]
@@ -70,15 +69,8 @@ def checkpoint_stem(output_dir: Path, epoch: int) -> Path:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path, fsync=True) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_state(path: Path) -> dict[str, Any]:

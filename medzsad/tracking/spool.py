@@ -9,13 +9,14 @@ not, the folder stays and :func:`upload_spool` replays it into a new run later.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from medzsad.utils.files import atomic_write_text
 
 __all__ = ["SPOOL_FORMAT", "Spool"]
 
@@ -46,9 +47,7 @@ class Spool:
         return json.loads((self.root / _META).read_text(encoding="utf-8"))
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        tmp = self.root / f".{_META}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        os.replace(tmp, self.root / _META)  # atomic: a crash never leaves half a meta.json
+        atomic_write_text(self.root / _META, json.dumps(meta, indent=2))  # a crash never leaves half a meta.json
 
     def update_meta(self, **changes: Any) -> None:
         self.write_meta({**self.read_meta(), **changes})
