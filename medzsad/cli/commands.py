@@ -28,10 +28,11 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    config = _config(args)  # validated before torch loads
     from medzsad.engine import distributed
     from medzsad.engine.jobs import run_predict
 
-    summary = run_predict(_config(args), args.input, Path(args.output))
+    summary = run_predict(config, args.input, Path(args.output))
     if not distributed.is_main():
         return 1 if summary.failures else 0
     print(
@@ -45,32 +46,32 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from medzsad.engine.jobs import run_test
-
     config = _config(args)
     if not config.data.test:
         raise ConfigError("data.test: give one or more target datasets, e.g. data.test=[path/to/meta.json]")
+    from medzsad.engine.jobs import run_test
+
     run_test(config)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    config = _config(args)
     from medzsad.engine.jobs import run_train
 
-    run_train(_config(args), finetune=False)
+    run_train(config, finetune=False)
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    config = _config(args)
     from medzsad.engine.jobs import run_train
 
-    run_train(_config(args), finetune=True)
+    run_train(config, finetune=True)
     return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from medzsad.engine.jobs import run_table
-
     base = _config(args)
     columns = {}
     for spec in args.run:
@@ -78,6 +79,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--run {spec!r}: expected LABEL=CONFIG.yaml")
         columns[label] = load_config(path, args.overrides)
+    from medzsad.engine.jobs import run_table
+
     run_table(base, columns)
     return 0
 

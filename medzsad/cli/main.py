@@ -22,13 +22,23 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from medzsad.backbone.loading import WeightsUnavailableError
-    from medzsad.data.errors import DataError
-    from medzsad.engine.checkpoints import CheckpointError
-    from medzsad.engine.config import ConfigError
-    from medzsad.engine.train import TrainingError
+    """The exception types printed as one line. Only modules already imported can have raised one, so
+    the others are not imported here (a config error must not wait for torch to load)."""
+    found: list[type[BaseException]] = [UserError]
+    for module_name, name in _USER_ERROR_TYPES:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.append(getattr(module, name))
+    return tuple(found)
 
-    return (UserError, ConfigError, CheckpointError, WeightsUnavailableError, DataError, TrainingError)
+
+_USER_ERROR_TYPES = (
+    ("medzsad.engine.config", "ConfigError"),
+    ("medzsad.engine.checkpoints", "CheckpointError"),
+    ("medzsad.backbone.loading", "WeightsUnavailableError"),
+    ("medzsad.data.errors", "DataError"),
+    ("medzsad.engine.train", "TrainingError"),
+)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from medzsad.backbone.clip import BackboneConfig
+from medzsad.backbone.config import BackboneConfig
 
 
 class ConfigError(ValueError):
