@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from medzsad.backbone.clip import CLIP_MEAN, CLIP_STD
 from medzsad.data.records import Batch, collate_samples
@@ -35,6 +34,7 @@ from medzsad.methods.base import MethodOutput, ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
 from medzsad.tracking.review import ReviewSample
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
+from medzsad.utils.progress import progress
 
 
 @dataclass
@@ -218,8 +218,7 @@ def _evaluate_indices(
     predict = torch.compile(method.predict) if config.compile else method.predict
     review: list[ReviewSample] = []
     samples: list[SampleResult] = []
-    show = None if distributed.is_main() else True
-    batches = tqdm(loader, desc=f"test {name}", leave=False, disable=show)
+    batches = progress(loader, f"test {name}", enabled=distributed.is_main())
     for batch, scores, maps in predictions_ahead(predict, batches, device):
         _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
         labelled = [i for i in range(len(batch)) if int(batch.label[i]) >= 0]

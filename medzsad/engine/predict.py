@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from medzsad.data.errors import DataError
 from medzsad.data.ids import pseudonymous_id
@@ -38,6 +37,7 @@ from medzsad.engine.evaluate import display_images
 from medzsad.methods.base import ZsadMethod
 from medzsad.tracking.render import MapScale, heat_rgb
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
+from medzsad.utils.progress import progress
 
 VOLUME_FORMATS = {"nifti", "nrrd", "itk", "dicom_series"}
 OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image
@@ -222,8 +222,7 @@ def predict_paths(
     if not paths:
         raise DataError(Path(*[str(i) for i in inputs][:1] or ["."]), "no images or scans found")
     block = distributed.shard_range(len(paths))
-    show = None if distributed.is_main() else True
-    for path in tqdm(paths[block.start : block.stop], desc="predict", disable=show):
+    for path in progress(paths[block.start : block.stop], "predict", enabled=distributed.is_main()):
         try:
             if _is_volume(path):
                 predictor.predict_volume(path)
