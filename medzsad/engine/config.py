@@ -266,11 +266,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     Also checks that the method exists and that ``method_config`` keys and types fit that method.
     """
     data: dict[str, Any] = read_yaml(path) if path else {}
+    _expand_presets(data)
     for text in overrides:
         apply_override(data, *parse_override(text))
+        _expand_presets(data)  # here, so that keys given after a preset win
     config = from_mapping(RunConfig, data)
     validate_method_config(config)
     return config
+
+
+def _expand_presets(data: dict[str, Any]) -> None:
+    from medzsad.engine.presets import PresetError, expand_presets
+
+    try:
+        expand_presets(data)
+    except PresetError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def validate_method_config(config: RunConfig) -> None:

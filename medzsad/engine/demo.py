@@ -29,7 +29,7 @@ from medzsad.data.synthetic import (
 from medzsad.engine.config import load_config
 from medzsad.engine.jobs import evaluate_config, run_predict, run_train
 
-DEMO_BACKBONE = ["backbone.model_name=medzsad-tiny-fast", "backbone.pretrained=null", "method_config.image_size=224"]
+DEMO_BACKBONE = ["backbone=tiny"]  # the quick-path preset (medzsad.engine.presets): random weights, no download
 HU_OFFSET = 1024.0  # DICOM phantoms store HU + 1024 as uint16 with RescaleIntercept -1024
 
 
