@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from medzsad.engine.config import ConfigError, RunConfig, load_config
+from medzsad.engine.outputs import changed_since, store_lines
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -32,13 +34,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from medzsad.engine import distributed
     from medzsad.engine.jobs import run_predict
 
+    start = time.time()
     summary = run_predict(config, args.input, Path(args.output))
     if not distributed.is_main():
         return 1 if summary.failures else 0
-    print(
-        f"wrote {summary.images} image(s) and {summary.volumes} volume(s) to {summary.output_dir} "
-        f"(scores.csv, maps/, overlays/, volumes/)"
-    )
+    written = ", ".join(changed_since(Path(summary.output_dir), start)) or "nothing"
+    print(f"wrote {summary.images} image(s) and {summary.volumes} volume(s) to {summary.output_dir}: {written}")
     if summary.failures:
         print(f"{len(summary.failures)} input(s) could not be read (listed above)")
         return 1
@@ -51,7 +52,9 @@ def cmd_test(args: argparse.Namespace) -> int:
         raise ConfigError("data.test: give one or more target datasets, e.g. data.test=[path/to/meta.json]")
     from medzsad.engine.jobs import run_test
 
+    start = time.time()
     run_test(config)
+    _announce(config, Path(config.eval.output_dir), start)
     return 0
 
 
@@ -59,7 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config(args)
     from medzsad.engine.jobs import run_train
 
+    start = time.time()
     run_train(config, finetune=False)
+    _announce(config, Path(config.train.output_dir), start)
     return 0
 
 
@@ -67,7 +72,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     config = _config(args)
     from medzsad.engine.jobs import run_train
 
+    start = time.time()
     run_train(config, finetune=True)
+    _announce(config, Path(config.train.output_dir), start)
     return 0
 
 
@@ -81,8 +88,25 @@ def cmd_table(args: argparse.Namespace) -> int:
         columns[label] = load_config(path, args.overrides)
     from medzsad.engine.jobs import run_table
 
+    start = time.time()
     run_table(base, columns)
+    _announce(base, Path(base.eval.output_dir), start)
     return 0
+
+
+def _announce(config: RunConfig, folder: Path, start: float) -> None:
+    """The last lines of a command: what it wrote in ``folder`` since ``start``, the MLflow store and the
+    command that opens it (rank 0 only under torchrun)."""
+    from medzsad.engine import distributed
+    from medzsad.engine.jobs import tracking_config
+
+    if not distributed.is_main():
+        return
+    written = changed_since(folder, start)
+    print(f"wrote to {folder}: {', '.join(written) if written else 'nothing'}")
+    if config.tracking.enabled:
+        tracking = tracking_config(config)
+        print("\n".join(store_lines(tracking.tracking_uri, tracking.artifact_location)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

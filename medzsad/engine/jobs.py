@@ -23,6 +23,7 @@ from medzsad.engine import distributed
 from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths
 from medzsad.engine.config import ConfigError, RunConfig
 from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
+from medzsad.engine.outputs import mlflow_run_line
 from medzsad.engine.predict import PredictSummary, predict_paths
 from medzsad.engine.runtime import build_backbone, build_method
 from medzsad.engine.train import TrainResult, train
@@ -139,6 +140,7 @@ def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, targ
         code_version=medzsad.__version__,
     ) as run:
         yield run
+    print(mlflow_run_line(f"{purpose.value} on {target}", run.run_id, run.offline, run.spool_path))
 
 
 def evaluate_config(
