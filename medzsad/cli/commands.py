@@ -21,6 +21,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "prepare": cmd_prepare,
         "ui": cmd_ui,
         "tracking": cmd_tracking,
+        "config": cmd_config,
     }
     return handlers[args.command](args)
 
@@ -117,17 +118,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from medzsad.data.prepare import PREPARERS
+    from medzsad.cli.prepare import dataset_list, parse_prepare_args, run_prepare
 
-    if args.dataset == "list" or args.raw is None:
-        print("datasets: " + ", ".join(sorted(PREPARERS)))
-        return 0 if args.dataset == "list" else 2
-    if args.dataset not in PREPARERS:
-        raise ConfigError(f"unknown dataset {args.dataset!r}; known: {', '.join(sorted(PREPARERS))}")
-    out = Path(args.out) if args.out else Path(args.raw) / "meta.json"
-    manifest = PREPARERS[args.dataset](Path(args.raw), out)
-    counts = manifest.counts("test") if hasattr(manifest, "counts") else {}
-    print(f"wrote {out}" + (f": {counts}" if counts else ""))
+    positional, options = parse_prepare_args(args.args)
+    if args.list or positional[:1] == ["list"]:
+        print(dataset_list())
+        return 0
+    if len(positional) < 2 or len(positional) > 3:
+        raise ConfigError("prepare: give DATASET RAW [OUT] (medzsad prepare list shows the datasets)")
+    out = Path(positional[2]) if len(positional) == 3 else None
+    return run_prepare(positional[0], Path(positional[1]), out, options, args.strict)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from medzsad.cli.config_show import show_config
+
+    print(show_config(args.config, args.overrides))
     return 0
 
 
