@@ -138,15 +138,26 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    import signal
+
     from medzsad.tracking import serve_ui
 
     server = serve_ui(Path(args.store), port=args.port)
-    print(f"MLflow UI on {server.url} (loopback only); Ctrl-C to stop")
+    print(f"MLflow UI on {server.url} (loopback only); Ctrl-C to stop", flush=True)
+    # SIGTERM (kill, systemd, a test) stops the server the same way as Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
         server.stop()
+    print("MLflow UI stopped")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_tracking(args: argparse.Namespace) -> int:
