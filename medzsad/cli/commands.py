@@ -142,7 +142,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     from medzsad.tracking import serve_ui
 
-    server = serve_ui(Path(args.store), port=args.port)
+    server = serve_ui(Path(args.store), port=args.port, timeout_s=args.start_timeout or None)
     print(f"MLflow UI on {server.url} (loopback only); Ctrl-C to stop", flush=True)
     # SIGTERM (kill, systemd, a test) stops the server the same way as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)

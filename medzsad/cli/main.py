@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     ui = _command(commands, "ui", "start the MLflow UI on the local store (loopback only)", helptext.UI)
     ui.add_argument("--store", default=".", help="folder holding mlflow.db and mlartifacts (default: .)")
     ui.add_argument("--port", type=int, default=5000, help="TCP port (default: %(default)s)")
+    ui.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the server to answer; 0 waits as long as it runs (default: %(default)s)",
+    )
 
     tracking = commands.add_parser("tracking", help="tracking utilities (upload a spool)")
     tracking_commands = tracking.add_subparsers(dest="tracking_command", required=True, metavar="action")
