@@ -22,7 +22,7 @@ from .helpers import CONFIG_DICT, RUN_KWARGS, make_samples
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-WAIT_S = 120  # generous: on a loaded 2-core machine the UI's first render can take half a minute
+WAIT_S = 600  # a hang guard for page renders, not a speed limit: each wait ends as soon as its condition holds
 
 pytestmark = pytest.mark.slow
 
@@ -120,7 +120,8 @@ def test_metrics_and_overlays_are_visible_in_the_mlflow_ui(
     experiment_id = client.get_run(run.run_id).info.experiment_id
     overlay = f"overlays/brainmri/{samples[1].category}/{samples[1].sample_id}.png"
 
-    with serve_ui(store_dir, port=_free_port(), timeout_s=WAIT_S) as server:
+    # The server is waited for as long as its process runs (a loaded machine makes this slower, not red).
+    with serve_ui(store_dir, port=_free_port(), timeout_s=None) as server:
         driver = browser
         # Same-origin page first, to keep MLflow's assistant panel from covering the run page.
         driver.get(f"{server.url}/health")
