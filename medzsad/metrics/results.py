@@ -178,8 +178,22 @@ class MetricsReport:
             rows.append([category, *(_format_cell(result, name, percent, digits) for name in names)])
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
-        notes = [f"{name}: {reason}" for name, reason in self.macro_mean.undefined.items()]
-        return "\n".join(lines + ([""] + ["n/a " + note for note in notes] if notes else []))
+        return "\n".join(lines + self.notes())
+
+    def notes(self) -> list[str]:
+        """Lines under the table: each reason for ``n/a`` once with the metrics it blanks, and the
+        categories whose pixel metrics cover only the images that have masks."""
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in self.macro_mean.undefined.items():
+            by_reason.setdefault(reason, []).append(name)
+        notes = [f"n/a {', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+        for category, result in self.per_category.items():
+            used = result.counts.get("pixel_metric_images")
+            if used is not None:
+                notes.append(
+                    f"{category}: pixel metrics over the {used} of {result.counts['images']} images that have masks"
+                )
+        return ["", *notes] if notes else []
 
 
 def _format_cell(result: MetricSet, name: str, percent: bool, digits: int) -> str:
