@@ -97,6 +97,8 @@ class EvalConfig:
         num_workers: data-loading worker processes (reading and resizing scans overlaps the model);
             ``None`` chooses (:func:`medzsad.engine.runtime.loader_workers`).
         compile: ``torch.compile`` the method's forward (worth it for long runs on a GPU).
+        columns: metrics in the terminal table: names or prefixes (``[image_auroc, pixel_aupro, dice]``),
+            ``[all]``; ``None`` for the compact default (image and pixel AUROC/AP/F1-max, AU-PRO).
     """
 
     batch_size: int = 8
@@ -110,6 +112,7 @@ class EvalConfig:
     seed: int = 0
     num_workers: int | None = None
     compile: bool = False
+    columns: list[str] | None = None
 
 
 @dataclass
@@ -300,10 +303,21 @@ def validate_method_config(config: RunConfig) -> None:
         raise ConfigError(f"eval.pixel_bins: expected at least 2 levels, or null for exact metrics; got {bins}")
     if bins is not None and config.eval.aupro_compat:
         raise ConfigError("eval.pixel_bins: the compatibility AUPRO (eval.aupro_compat) needs exact pixel scores")
+    _validate_columns(config.eval.columns)
     workers_of = {"train.num_workers": config.train.num_workers, "eval.num_workers": config.eval.num_workers}
     for section, workers in workers_of.items():
         if workers is not None and workers < 0:
             raise ConfigError(f"{section}: expected a number of processes >= 0 or null (automatic), got {workers}")
+
+
+_METRIC_PREFIXES = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max",
+                    "pixel_aupro", "dice", "iou", "normal_fp_pixel_rate", "normal_fp_image_rate", "all")  # fmt: skip
+
+
+def _validate_columns(columns: list[str] | None) -> None:
+    for column in columns or ():
+        if not any(column.startswith(prefix) for prefix in _METRIC_PREFIXES):
+            raise ConfigError(f"eval.columns: unknown metric {column!r}; known: {', '.join(_METRIC_PREFIXES)}")
 
 
 def method_config_for(config: RunConfig):

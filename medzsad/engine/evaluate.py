@@ -335,18 +335,23 @@ def _write_maps(folder: Path, sample_ids: Iterable[str], maps: np.ndarray) -> No
 
 
 def report_rows(name: str, report: MetricsReport) -> list[dict[str, Any]]:
-    """Per-category rows plus the macro mean, as plain dicts (``dataset``, ``category``, metrics...)."""
-    rows = [
-        {"dataset": name, "category": category, **result.values} for category, result in report.per_category.items()
-    ]
-    rows.append({"dataset": name, "category": "mean", **report.macro_mean.values})
+    """Per-category rows plus the macro mean, as plain dicts (``dataset``, ``category``, ``images``,
+    then each metric in percent under ``<metric> [%]``, the terminal table's unit)."""
+    rows = []
+    for category, result in [*report.per_category.items(), ("mean", report.macro_mean)]:
+        images = result.counts.get("images", sum(r.counts.get("images", 0) for r in report.per_category.values()))
+        percent = {f"{metric} [%]": 100.0 * value for metric, value in result.values.items()}
+        rows.append({"dataset": name, "category": category, "images": images, **percent})
     return rows
 
 
 def write_tables(output_dir: Path, evaluations: Mapping[str, DatasetEvaluation]) -> tuple[Path, Path]:
-    """``metrics.csv`` (one row per dataset and category, plus means) and ``metrics.json``."""
+    """``metrics.csv`` (one row per dataset and category, plus means; metrics in percent, in the terminal
+    table's order) and ``metrics.json`` (fractions, as computed)."""
     rows = [row for name, ev in evaluations.items() for row in report_rows(name, ev.report)]
-    columns = ["dataset", "category", *sorted({k for row in rows for k in row} - {"dataset", "category"})]
+    names = [ev.report.macro_mean.names() for ev in evaluations.values()]
+    metrics = list(dict.fromkeys(f"{metric} [%]" for per_dataset in names for metric in per_dataset))
+    columns = ["dataset", "category", "images", *metrics]
     lines = [",".join(columns)]
     for row in rows:
         lines.append(",".join(_csv_cell(row.get(column, "")) for column in columns))

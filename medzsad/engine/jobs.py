@@ -169,7 +169,7 @@ def evaluate_config(
         write_scores(output_dir / f"scores_{spec.name}.csv", result)
         if not quiet:
             print(f"\n{spec.name} ({method.name}; {_pixel_metric_kind(config)})")
-            print(result.report.format_table())
+            print(result.report.format_table(columns=config.eval.columns))
         with _maybe_tracked(config, Purpose.ZERO_SHOT_EVAL, method, spec.name, _aux_data(config)) as run:
             if run is not None:
                 _log_evaluation(run, result, config)
@@ -318,23 +318,46 @@ def run_table(base: RunConfig, columns: Mapping[str, RunConfig]) -> str:
 
 
 def format_benchmark_table(results: Mapping[str, Mapping[str, DatasetEvaluation]]) -> str:
-    """Markdown: one row per dataset, per method the (image AUROC, AP) and (pixel AUROC, AU-PRO) means."""
+    """Markdown: one row per dataset (with its number of images), per method the (image AUROC, AP) and
+    (pixel AUROC, AU-PRO) macro means in percent, a mean row over the datasets, and a note for every
+    ``–`` saying why the metric is undefined."""
     header = (
-        "| dataset | "
+        "| dataset | images | "
         + " | ".join(f"{label} img (AUROC, AP) | {label} px (AUROC, AU-PRO@0.3 exact)" for label in results)
         + " |"
     )
-    rule = "|---|" + "---|---|" * len(results)
+    rule = "|---|---:|" + "---|---|" * len(results)
     datasets = sorted({name for per_method in results.values() for name in per_method})
     lines = [header, rule]
+    notes: dict[str, list[str]] = {}
     for name in datasets:
+        reports = [per_method[name].report for per_method in results.values() if name in per_method]
+        images = sum(result.counts.get("images", 0) for result in reports[0].per_category.values())
         cells = []
-        for per_method in results.values():
-            values = per_method[name].report.macro_mean.values if name in per_method else {}
-            cells.append(_pair(values, "image_auroc", "image_ap"))
-            cells.append(_pair(values, "pixel_auroc", _aupro_key(values)))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        for label, per_method in results.items():
+            mean = per_method[name].report.macro_mean if name in per_method else None
+            values = mean.values if mean is not None else {}
+            cells += [_pair(values, "image_auroc", "image_ap"), _pair(values, "pixel_auroc", _aupro_key(values))]
+            for reason in sorted(set((mean.undefined if mean is not None else {"all": "not evaluated"}).values())):
+                notes.setdefault(reason, []).append(f"{label} on {name}")
+        lines.append(f"| {name} | {images} | " + " | ".join(cells) + " |")
+    lines.append("| mean | | " + " | ".join(_mean_cells(results, datasets)) + " |")
+    lines += [f"\n– {', '.join(where)}: {reason}" for reason, where in notes.items()]
     return "\n".join(lines)
+
+
+def _mean_cells(results: Mapping[str, Mapping[str, DatasetEvaluation]], datasets: Sequence[str]) -> list[str]:
+    """Per method, the mean over datasets of each dataset's macro mean (``–`` unless defined on all)."""
+    cells = []
+    for per_method in results.values():
+        values: dict[str, float] = {}
+        per_dataset = [per_method[name].report.macro_mean.values for name in datasets if name in per_method]
+        for key in ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro"):
+            found = [d.get(_aupro_key(d) if key == "pixel_aupro" else key) for d in per_dataset]
+            if len(per_dataset) == len(datasets) and found and None not in found:
+                values[key] = sum(found) / len(found)
+        cells += [_pair(values, "image_auroc", "image_ap"), _pair(values, "pixel_auroc", "pixel_aupro")]
+    return cells
 
 
 def _aupro_key(values: Mapping[str, float]) -> str:

@@ -164,11 +164,13 @@ def test_test_command_table_equals_direct_metrics(tiny_dataset, trained, tmp_pat
             masks=sample.mask[None].numpy(),
         )
     report = accumulator.compute()
+    # metrics.csv holds percent (the terminal's unit, named in the header) with 6 decimals.
     for category, metrics in report.per_category.items():
         for name, value in metrics.values.items():
-            assert float(table[("aux", category)][name]) == pytest.approx(value, abs=1e-6), (category, name)
+            assert float(table[("aux", category)][f"{name} [%]"]) == pytest.approx(100 * value, abs=1e-5), name
+        assert int(table[("aux", category)]["images"]) == metrics.counts["images"]
     for name, value in report.macro_mean.values.items():
-        assert float(table[("aux", "mean")][name]) == pytest.approx(value, abs=1e-6), name
+        assert float(table[("aux", "mean")][f"{name} [%]"]) == pytest.approx(100 * value, abs=1e-5), name
 
 
 def test_predict_on_a_folder_of_pngs(trained, tmp_path, capsys):
