@@ -62,19 +62,22 @@ def changed_since(folder: Path, start: float, names: Iterable[str] | None = None
     for entry in sorted(folder.iterdir()):
         if wanted is not None and entry.name not in wanted:
             continue
-        if _newest_mtime(entry) >= start - 1.0:  # 1 s: coarse file-system timestamps
+        if _changed(entry, start - 1.0):  # 1 s: coarse file-system timestamps
             found.append(entry.name + ("/" if entry.is_dir() else ""))
     return found
 
 
-def _newest_mtime(path: Path) -> float:
+def _changed(path: Path, since: float) -> bool:
+    """Whether ``path`` or anything under it was modified at or after ``since`` (stops at the first)."""
+    if path.stat().st_mtime >= since:
+        return True
     if not path.is_dir():
-        return path.stat().st_mtime
-    newest = path.stat().st_mtime
+        return False
     for root, _dirs, files in os.walk(path):
         for name in files:
             try:
-                newest = max(newest, os.stat(os.path.join(root, name)).st_mtime)
+                if os.stat(os.path.join(root, name)).st_mtime >= since:
+                    return True
             except OSError:
                 continue
-    return newest
+    return False
