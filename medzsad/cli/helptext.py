@@ -21,6 +21,7 @@ required:
                     .safetensors checkpoint or an official .pth; the baselines (clip, winclip) need none
 outputs (in -o/--output, default predictions/):
   scores.csv        one row per image or slice: pseudonymous id and anomaly score
+  sample_index.local.csv  pseudonymous id -> input file (stays local: it holds your paths)
   maps/, overlays/  anomaly maps and heat overlays of 2-D images
   volumes/          maps written back on the scan's grid (NIfTI), for volumes and DICOM series
   only the folders that were written are named at the end.
