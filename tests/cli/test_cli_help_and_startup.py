@@ -57,10 +57,14 @@ def test_startup_answers_without_torch(tmp_path: Path) -> None:
         "import sys\n"
         "from medzsad.cli.main import main\n"
         "codes = [main(['prepare', 'list']), main(['test', 'train.epochs=ten']), main(['prepare', '--list'])]\n"
+        "try:\n"
+        "    main(['test', '--help'])\n"
+        "except SystemExit as done:\n"
+        "    codes.append(done.code)\n"
         "print(codes, 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
-    assert done.stdout.strip().splitlines()[-1] == "[0, 2, 0] False"
+    assert done.stdout.strip().splitlines()[-1] == "[0, 2, 0, 0] False"
     assert "medzsad: error: train.epochs: expected int, got 'ten'" in done.stderr
     assert "mvtec" in done.stdout and "ground_truth" in done.stdout  # names with layouts
 
