@@ -105,7 +105,8 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     method = build_method(config)
     _require_trained(method, config)
     transform = make_transform(config, method.image_size)
-    return predict_paths(method, inputs, output_dir, device, transform, config.eval.batch_size, config.eval.precision)
+    batch_size, precision, seed = config.eval.batch_size, config.eval.precision, config.eval.seed
+    return predict_paths(method, inputs, output_dir, device, transform, batch_size, precision, seed=seed)
 
 
 # -- test ------------------------------------------------------------------------------------------
