@@ -191,10 +191,15 @@ class Predictor:
         chunk: list[Sample] = []
         for sample in volume_samples(volume, transform=self.transform):
             chunk.append(sample)
-            if len(chunk) == self.batch_size or len(open_volume.maps) + len(chunk) == open_volume.slices:
-                self._pending.append(_Pending([path] * len(chunk), open_volume))
-                yield self._collate(chunk), [(position, int(s.slice_index or 0)) for s in chunk]
+            if len(chunk) == self.batch_size:
+                yield self._volume_chunk(chunk, open_volume, position)
                 chunk = []
+        if chunk:
+            yield self._volume_chunk(chunk, open_volume, position)
+
+    def _volume_chunk(self, chunk: list[Sample], open_volume: _OpenVolume, position: int) -> KeyedBatch:
+        self._pending.append(_Pending([open_volume.source] * len(chunk), open_volume))
+        return self._collate(chunk), [(position, int(s.slice_index or 0)) for s in chunk]
 
     def _collate(self, samples: list[Sample]) -> Batch:
         batch = collate_samples(samples)

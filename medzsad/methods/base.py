@@ -101,6 +101,9 @@ class MethodConfig:
     raises ``ValueError`` naming the field.
     """
 
+    #: Keys older checkpoints may store that no longer mean anything (dropped when a checkpoint is read).
+    retired_keys: ClassVar[tuple[str, ...]] = ()
+
     image_size: int = 518
     temperature: float = 0.07
     sigma: float = 4.0

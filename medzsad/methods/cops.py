@@ -89,6 +89,8 @@ class CoPSConfig(MethodConfig):
         sigma: Gaussian smoothing of the maps (4).
     """
 
+    retired_keys = ("seed",)  # the VAE draws are the engine's now, seeded with eval.seed / train.seed
+
     n_context_tokens: int = 6
     n_state_tokens: int = 6
     n_class_tokens: int = 2

@@ -110,12 +110,12 @@ def test_prior_token_selection(backbone, batch):
         tokens = F.normalize(backbone.encode_image(images, (-1,), 6).patch_features[0], dim=-1)[:, 1:]
         first = make(backbone).eval().predict(images).state
         topk = make(backbone, prior_token_selection="topk").eval().predict(images).state
-    torch.testing.assert_close(first["selected_tokens"], tokens[:, :10])
-    gathered = torch.stack([tokens[i, topk["topk_indices"][i]] for i in range(2)])
-    torch.testing.assert_close(topk["selected_tokens"], gathered)
-    probs = topk["patch_probs_static"][..., 1]
-    assert torch.equal(topk["topk_indices"], probs.topk(10, dim=1).indices)
-    assert not torch.allclose(first["prior_bias"], topk["prior_bias"])
+    torch.testing.assert_close(first.selected_tokens, tokens[:, :10])
+    gathered = torch.stack([tokens[i, topk.topk_indices[i]] for i in range(2)])
+    torch.testing.assert_close(topk.selected_tokens, gathered)
+    probs = topk.patch_probs_static[..., 1]
+    assert torch.equal(topk.topk_indices, probs.topk(10, dim=1).indices)
+    assert not torch.allclose(first.prior_bias, topk.prior_bias)
 
 
 def test_total_loss_uses_the_configured_weights_and_options(backbone, batch):
