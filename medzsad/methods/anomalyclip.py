@@ -102,17 +102,10 @@ class AnomalyCLIP(ZsadMethod):
     name = "anomalyclip"
     config_class = AnomalyCLIPConfig
     official_name = "AnomalyCLIP"
-    official_dead_prefixes = (
-        "compound_prompt_projections.",
-        "token_prefix",
-        "token_suffix",
-        "tokenized_prompts",
-    )
+    official_dead_prefixes = ("compound_prompt_projections.",)
     config: AnomalyCLIPConfig
     prompt: AnomalyCLIPPrompt
-
-    def build_prompt(self) -> AnomalyCLIPPrompt:
-        return AnomalyCLIPPrompt(self.backbone, self.config)
+    prompt_class = AnomalyCLIPPrompt
 
     # -- text side ---------------------------------------------------------------------------------
     def encode_prompts(self) -> torch.Tensor:

@@ -20,6 +20,9 @@ from medzsad.backbone.visual import VisualFeatures
 
 T = TypeVar("T")
 
+#: Token buffers every official prompt learner stores; ours are rebuilt exactly from the tokenizer.
+OFFICIAL_TOKEN_BUFFERS = ("token_prefix", "token_suffix", "tokenized_prompts")
+
 
 @dataclass
 class ForwardState:
@@ -129,8 +132,8 @@ class ZsadMethod(nn.Module):
     """Base class of the methods: construction, validation, the text cache, the deep-prompt text call,
     the random-draw protocol and the official checkpoint format are done here once.
 
-    Subclasses set ``name`` and ``config_class`` and build their trainable modules in
-    :meth:`build_prompt`; they implement :meth:`predict` and, when they learn, :meth:`loss`.
+    Subclasses set ``name``, ``config_class`` and ``prompt_class`` (their trainable modules); they
+    implement :meth:`predict` and, when they learn, :meth:`loss`.
 
     Randomness is declared, never hidden: a method that samples (CoPS) says what it draws per image with
     :meth:`noise_shape`, and ``predict``/``loss`` take those draws as ``noise``. The engine supplies
@@ -145,11 +148,14 @@ class ZsadMethod(nn.Module):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    #: The trainable module, built as ``prompt_class(backbone, config)``; ``None``: nothing to learn.
+    prompt_class: ClassVar[Callable[[ClipBackbone, Any], nn.Module] | None] = None
     #: Whether the method has nothing to learn (no loss, empty checkpoints).
     training_free: ClassVar[bool] = False
     #: How the official release names this method, in error messages about its checkpoints.
     official_name: ClassVar[str] = ""
-    #: Keys of the official ``prompt_learner`` the official forward pass never uses (ignored on load).
+    #: Modules of the official ``prompt_learner`` its forward pass never uses (ignored on load, as are
+    #: :data:`OFFICIAL_TOKEN_BUFFERS`).
     official_dead_prefixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: ClipBackbone, config: MethodConfig | None = None) -> None:
@@ -164,9 +170,9 @@ class ZsadMethod(nn.Module):
         self.prompt: nn.Module = self.build_prompt()
 
     def build_prompt(self) -> nn.Module:
-        """The trainable modules (``self.prompt``), built from ``self.backbone`` and ``self.config``;
-        raises ``ValueError`` for settings this backbone cannot run. Default: nothing to learn."""
-        return nn.Module()
+        """The trainable modules (``self.prompt``): :attr:`prompt_class` of the backbone and config, or an
+        empty module. Overridden to refuse (``ValueError``) settings this backbone cannot run."""
+        return nn.Module() if self.prompt_class is None else self.prompt_class(self.backbone, self.config)
 
     @property
     def image_size(self) -> int:
@@ -257,15 +263,16 @@ class ZsadMethod(nn.Module):
         """Load an official release: the whole checkpoint's dict or its ``"prompt_learner"`` entry.
 
         Keys starting with :attr:`official_dead_prefixes` (modules the official forward pass never
-        uses, token buffers rebuilt from the backbone) are ignored; anything else missing, unexpected or
-        of the wrong shape raises ``ValueError``.
+        uses) or :data:`OFFICIAL_TOKEN_BUFFERS` (rebuilt from the backbone's tokenizer) are ignored;
+        anything else missing, unexpected or of the wrong shape raises ``ValueError``.
         """
         if self.training_free:
             raise NotImplementedError(f"baseline {self.name!r} is training-free: there is no checkpoint to load")
         inner = state_dict.get("prompt_learner")
         state = dict(inner if isinstance(inner, Mapping) else state_dict)
         state = self.complete_official_state(state)
-        load_prompt_state(self.prompt, state, self.official_dead_prefixes, f"{self.official_name} checkpoint")
+        ignored = (*self.official_dead_prefixes, *OFFICIAL_TOKEN_BUFFERS)
+        load_prompt_state(self.prompt, state, ignored, f"{self.official_name} checkpoint")
 
     def complete_official_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fill in what official releases leave out (CoPS drops its training-only encoder); as is by default."""

@@ -315,6 +315,11 @@ class _TrainingFreeBaseline(ZsadMethod):
 
         return self.cached_text(encode, tuple(normal), tuple(abnormal))
 
+    def _start(self, images: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The text features ``[2, D]`` and the patch grid of ``images``; no draws are accepted."""
+        self.check_noise(noise, images.shape[0], False, images)
+        return self.text_features(), self.backbone.visual.grid_for((images.shape[-2], images.shape[-1]))
+
     def _probabilities(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Abnormal probability of a 2-way softmax over ``cos / temperature``, float32, shape ``[...]``."""
         logits = F.normalize(features.float(), dim=-1) @ text.t() / self.config.temperature
@@ -345,11 +350,8 @@ class ClipPromptBaseline(_TrainingFreeBaseline):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MethodOutput:
         """Scores and maps for ``images [B, 3, S, S]`` (CLIP-normalised)."""
-        config = self.config
-        self.check_noise(noise, images.shape[0], False, images)
-        encoder = self.backbone.visual
-        text = self.text_features()
-        grid = encoder.grid_for((images.shape[-2], images.shape[-1]))
+        config, encoder = self.config, self.backbone.visual
+        text, grid = self._start(images, noise)
         final, collected = encoder.run_blocks(encoder.embed(images), config.dpam_start_layer, self._layers)
         image_features = pool_cls(encoder, final)
         scores = self._probabilities(image_features, text)
@@ -410,11 +412,8 @@ class WinClipBaseline(_TrainingFreeBaseline):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MethodOutput:
         """Scores and maps for ``images [B, 3, S, S]`` (CLIP-normalised)."""
-        config = self.config
-        self.check_noise(noise, images.shape[0], False, images)
-        encoder = self.backbone.visual
-        text = self.text_features()
-        grid = encoder.grid_for((images.shape[-2], images.shape[-1]))
+        config, encoder = self.config, self.backbone.visual
+        text, grid = self._start(images, noise)
         tokens = encoder.embed(images)
         image_features = pool_cls(encoder, encoder.run_blocks(tokens)[0])
         scores = self._probabilities(image_features, text)

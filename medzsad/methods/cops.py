@@ -336,20 +336,10 @@ class CoPS(ZsadMethod):
     name = "cops"
     config_class = CoPSConfig
     official_name = "CoPS"
-    # Modules the official forward pass never uses, and token buffers (rebuilt from the backbone).
-    official_dead_prefixes = (
-        "projector.",
-        "projector_cls.",
-        "extractor_.",
-        "token_prefix",
-        "token_suffix",
-        "tokenized_prompts",
-    )
+    official_dead_prefixes = ("projector.", "projector_cls.", "extractor_.")
     config: CoPSConfig
     prompt: CoPSPrompt
-
-    def build_prompt(self) -> CoPSPrompt:
-        return CoPSPrompt(self.backbone, self.config)
+    prompt_class = CoPSPrompt
 
     def noise_shape(self, training: bool) -> tuple[int, ...]:
         dim = self.backbone.embed_dim

@@ -269,17 +269,10 @@ class FAPrompt(ZsadMethod):
     name = "faprompt"
     config_class = FAPromptConfig
     official_name = "FAPrompt"
-    official_dead_prefixes = (
-        "compound_prompt_projections.",
-        "token_prefix",
-        "token_suffix",
-        "tokenized_prompts",
-    )
+    official_dead_prefixes = ("compound_prompt_projections.",)
     config: FAPromptConfig
     prompt: FAPromptPrompt
-
-    def build_prompt(self) -> FAPromptPrompt:
-        return FAPromptPrompt(self.backbone, self.config)
+    prompt_class = FAPromptPrompt
 
     # -- text side ---------------------------------------------------------------------------------
     def _encode(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
