@@ -34,7 +34,6 @@ _EXPORTS = {
     "clip_mask_transform": "transforms",
     "map_to_original": "transforms",
     "Volume": "volumes",
-    "predict_volume": "volumes",
     "read_volume": "volumes",
     "reassemble": "volumes",
     "volume_samples": "volumes",

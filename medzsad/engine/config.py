@@ -288,6 +288,8 @@ def _expand_presets(data: dict[str, Any]) -> None:
 
 
 def validate_method_config(config: RunConfig) -> None:
+    # Imported here, not at the top: the methods load torch, and the dataclass checks above must answer
+    # a mistyped key at once (scripts/bench_startup.py).
     from medzsad.methods.registry import method_class
 
     try:
@@ -322,7 +324,7 @@ def _validate_columns(columns: list[str] | None) -> None:
 
 def method_config_for(config: RunConfig):
     """The validated method config dataclass of ``config``."""
-    from medzsad.methods.registry import method_class
+    from medzsad.methods.registry import method_class  # loads torch; see validate_method_config
 
     cls = method_class(config.method)
     return from_mapping(cls.config_class, config.method_config, "method_config")
