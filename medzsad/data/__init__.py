@@ -4,12 +4,16 @@ This package never imports a model. See docs/data.md for conventions (orientatio
 """
 
 from medzsad.data.datasets import FolderDataset, ManifestDataset
+from medzsad.data.dicom import write_dicom_seg
 from medzsad.data.errors import DataError, MissingDecoderError, NotAnImageError
 from medzsad.data.ids import clean_meta, pseudonymous_id
 from medzsad.data.manifest import Manifest, Record, pair_masks_by_name, read_manifest, write_manifest
+from medzsad.data.monai_io import DicomPixelReader
 from medzsad.data.prepare import PREPARERS
 from medzsad.data.readers import ImageData, read_frames, read_image, read_mask
 from medzsad.data.records import Batch, Sample, collate_samples
+from medzsad.data.samples import SampleBuilder
+from medzsad.data.study import SeriesSelection, Study, scan_inputs
 from medzsad.data.transforms import (
     ClipImageTransform,
     ClipMaskTransform,
@@ -24,7 +28,6 @@ from medzsad.data.volumes import (
     read_volume,
     reassemble,
     volume_samples,
-    write_dicom_seg,
     write_nifti,
 )
 
@@ -34,6 +37,7 @@ __all__ = [
     "ClipImageTransform",
     "ClipMaskTransform",
     "DataError",
+    "DicomPixelReader",
     "FolderDataset",
     "ImageData",
     "Intensity",
@@ -43,6 +47,9 @@ __all__ = [
     "NotAnImageError",
     "Record",
     "Sample",
+    "SampleBuilder",
+    "SeriesSelection",
+    "Study",
     "Volume",
     "clean_meta",
     "clip_image_transform",
@@ -58,6 +65,7 @@ __all__ = [
     "read_mask",
     "read_volume",
     "reassemble",
+    "scan_inputs",
     "volume_samples",
     "write_dicom_seg",
     "write_manifest",
