@@ -25,7 +25,7 @@ from medzsad.data.manifest import Manifest, Record, read_manifest
 from medzsad.data.readers import read_image, read_mask
 from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Sample
 from medzsad.data.samples import SampleBuilder, slice_identity
-from medzsad.data.study import Item, SeriesSelection, Study, scan_inputs
+from medzsad.data.study import Item, SeriesSelection, Skipped, Study, scan_inputs
 from medzsad.data.transforms import ClipImageTransform, Intensity, map_to_original
 from medzsad.data.volumes import (
     AXES,
@@ -285,8 +285,17 @@ class FolderDataset(Dataset):
         self._ranges = _Ranges(self.builder)
         self._volumes = _VolumeCache()
         self._flat: set[int] = set()
+        self._failed: set[int] = set()
         self.study: Study = scan_inputs(roots, selection, min_series_files=min_series_slices, salt=salt)
-        self.entries: list[_Entry] = [e for i, item in enumerate(self.study.items) for e in self._entries(i, item)]
+        self.entries: list[_Entry] = []
+        for position, item in enumerate(self.study.items):
+            try:
+                self.entries += self._entries(position, item)
+            except DataError as exc:  # an unreadable scan is reported, the others are still scored
+                self.study.skipped.append(Skipped(item.source, exc.problem))
+                self._failed.add(position)
+        self.study.items = [item for i, item in enumerate(self.study.items) if i not in self._failed]
+        self._reindex()
 
     @property
     def transform(self) -> ClipImageTransform:
@@ -314,6 +323,15 @@ class FolderDataset(Dataset):
             volume = self.load_volume(item)
             depth = volume.array.shape[volume.resolve_axis(self.axis)]
         return [_Entry(position, k) for k in range(depth)]
+
+    def _reindex(self) -> None:
+        """Renumber entries after failed items were dropped from the study."""
+        if not self._failed:
+            return
+        kept = [i for i in range(len(self.study.items) + len(self._failed)) if i not in self._failed]
+        new = {old: n for n, old in enumerate(kept)}
+        self.entries = [_Entry(new[e.item], e.index) for e in self.entries]
+        self._flat = {new[i] for i in self._flat if i in new}
 
     def is_volume(self, item: Item) -> bool:
         """Whether ``item`` is scored slice by slice (a single-slice NIfTI is a 2-D image)."""

@@ -28,7 +28,7 @@ from medzsad.data.monai_io import ClipImaged, ClipMaskd, channel_first
 from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Sample
 from medzsad.data.transforms import ClipImageTransform, ClipMaskTransform
 
-__all__ = ["SampleBuilder", "slice_identity"]
+__all__ = ["SampleBuilder", "slice_identity", "user_transforms"]
 
 _SPECIES = {LABEL_ABNORMAL: "lesion", LABEL_NORMAL: "good"}
 
@@ -109,3 +109,27 @@ class SampleBuilder:
             volume_id=volume_id,
             meta={**meta, "intensity": out["intensity"]},
         )
+
+
+def user_transforms(specs: Sequence[Any], key: str = "data.transforms") -> list[Any]:
+    """MONAI transforms from bundle-style specs (``{"_target_": "CropForegroundd", "keys": "image"}``;
+    short names are looked up in MONAI, dotted paths anywhere), as ``data.transforms`` in a YAML config.
+
+    Raises:
+        ValueError: naming ``data.transforms[i]`` and the problem, for a spec MONAI cannot build.
+    """
+    from monai.bundle import ConfigParser
+
+    built = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or "_target_" not in spec:
+            raise ValueError(f"{key}[{i}]: expected a mapping with _target_ (e.g. _target_: CropForegroundd)")
+        try:
+            transform = ConfigParser({"t": dict(spec)}).get_parsed_content("t", instantiate=True)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            raise ValueError(f"{key}[{i}]: cannot build {spec['_target_']!r} ({text[0] if text else exc!r})") from None
+        if not callable(transform):
+            raise ValueError(f"{key}[{i}]: {spec['_target_']!r} is not a transform")
+        built.append(transform)
+    return built

@@ -33,7 +33,16 @@ from medzsad.data.errors import DataError
 from medzsad.data.formats import VOLUME_SUFFIXES, is_dicom_file, iter_image_files
 from medzsad.data.ids import pseudonymous_id
 
-__all__ = ["Item", "SeriesSelection", "Skipped", "Study", "dicom_groups", "dicom_headers", "scan_inputs"]
+__all__ = [
+    "Item",
+    "SeriesSelection",
+    "Skipped",
+    "Study",
+    "dicom_groups",
+    "dicom_headers",
+    "scan_inputs",
+    "selection_from_values",
+]
 
 VOLUME_KINDS = ("series", "multiframe", "volume_file")
 
@@ -243,3 +252,30 @@ def _apply_selection(study: Study, selection: SeriesSelection) -> None:
         else:
             study.skipped.append(Skipped(item.source, "not selected (data.series / data.modality)"))
     study.items = kept
+
+
+def selection_from_values(series: Any = None, modality: Any = None) -> SeriesSelection:
+    """A selection from config values (``data.series``, ``data.modality``): one value or a list each;
+    integers (or digit strings) are SeriesNumbers, other strings SeriesDescription patterns.
+
+    Raises:
+        ValueError: naming the key, for values of another type.
+    """
+    numbers, descriptions = [], []
+    for value in _as_list(series):
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f"data.series: expected series numbers or description patterns, got {value!r}")
+        if isinstance(value, int) or value.strip().isdigit():
+            numbers.append(int(value))
+        else:
+            descriptions.append(value)
+    modalities = []
+    for value in _as_list(modality):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"data.modality: expected DICOM modality codes such as CT or MR, got {value!r}")
+        modalities.append(value.strip().upper())
+    return SeriesSelection(tuple(numbers), tuple(descriptions), tuple(modalities))
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]

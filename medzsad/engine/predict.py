@@ -1,16 +1,20 @@
 """``medzsad predict``: anomaly maps, overlays and scores for image files, folders and scan volumes.
 
-For every 2-D image (a PNG/JPEG/TIFF, a DICOM file, each frame of a multi-frame DICOM) it writes
-``maps/<sample_id>.npz`` (float32 map at the image's own resolution), ``overlays/<sample_id>.png``
-(heat map on a fixed [0, 1] colour scale over the image) and a row of ``scores.csv``. A 3-D volume
-(NIfTI, NRRD, a DICOM series folder) is scored slice by slice and its map written back on the scan's
-own grid as ``volumes/<volume_id>_map.nii.gz``.
+The inputs (files, folders, DICOMDIRs) are grouped by the data layer's study grouper, as ``test`` groups
+them (:class:`medzsad.data.datasets.FolderDataset`). For every 2-D image (a PNG/JPEG/TIFF, a lone DICOM
+file, each frame of a colour multi-frame DICOM) it writes ``maps/<sample_id>.npz`` (float32 map at the
+image's own resolution), ``overlays/<sample_id>.png`` (heat map on a fixed [0, 1] colour scale over the
+image) and a row of ``scores.csv``. Each volume (NIfTI, NRRD, every DICOM series and grey multi-frame
+file of a study export) is scored slice by slice along ``data.slice_axis`` (``native`` by default) and
+its map written back on the scan's own grid as ``volumes/<volume_id>_map.nii.gz`` (voxel order: see
+:func:`medzsad.data.volumes.write_nifti`). Localizers, secondary captures and SEG/RT/SR objects are
+reported as skipped, with their reasons.
 
 File names and tables carry pseudonymous sample ids only; ``sample_index.local.csv`` maps them back to
 the inputs for the user and must not be shared or logged. An unreadable input is reported on one line
 and skipped; the other inputs are still processed.
 
-Under ``torchrun`` the expanded list of inputs (files and series folders, in sorted order) is cut into
+Under ``torchrun`` the list of items (series, multi-frame files and images, in input order) is cut into
 one contiguous block per process; each process writes the maps, overlays and volumes of its inputs and
 rank 0 writes ``scores.csv`` and ``sample_index.local.csv`` with every process's rows, in input order.
 """
@@ -18,7 +22,7 @@ rank 0 writes ``scores.csv`` and ``sample_index.local.csv`` with every process's
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +31,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from medzsad.data.datasets import FolderDataset
 from medzsad.data.errors import DataError
 from medzsad.data.ids import pseudonymous_id
-from medzsad.data.readers import detect_format, iter_image_files, read_frames
 from medzsad.data.records import Batch, Sample, collate_samples
 from medzsad.data.transforms import ClipImageTransform, map_to_original
 from medzsad.data.volumes import predict_volume, read_volume, write_nifti
@@ -39,7 +43,6 @@ from medzsad.methods.base import ZsadMethod
 from medzsad.tracking.render import MapScale, heat_rgb
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
 
-VOLUME_FORMATS = {"nifti", "nrrd", "itk", "dicom_series"}
 OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image
 
 
@@ -53,35 +56,13 @@ class PredictSummary:
     failures: list[str] = field(default_factory=list)
 
 
-def _is_volume(path: Path) -> bool:
-    fmt = detect_format(path)
-    if fmt not in VOLUME_FORMATS:
-        return False
-    if fmt == "dicom_series":
-        return True
-    return min(read_volume(path).shape) > 1
-
-
-def expand_inputs(inputs: Iterable[str | Path]) -> Iterator[Path]:
-    """Files and volume folders to score: folders of images are walked, DICOM series folders kept whole."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir() and not any(p.is_dir() for p in path.iterdir()) and _holds_only_dicom(path):
-            yield path
-        elif path.is_dir():
-            yield from iter_image_files(path)
-        else:
-            yield path
-
-
-def _holds_only_dicom(folder: Path) -> bool:
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if not files:
-        return False
-    try:
-        return all(detect_format(p) == "dicom" for p in files)
-    except DataError:
-        return False
+def scan_predict_inputs(
+    inputs: Iterable[str | Path], transform: ClipImageTransform, options: dict | None = None
+) -> FolderDataset:
+    """The inputs as the data layer's study grouper and sample builder see them (the same as ``test``):
+    each DICOM series or multi-frame file a volume, every other image its own samples, skipped objects
+    listed with their reasons."""
+    return FolderDataset(list(inputs), transform=transform, **{"axis": "native", **(options or {})})
 
 
 class Predictor:
@@ -140,8 +121,8 @@ class Predictor:
         self.rows.append(f"{sample.sample_id},image,{score:.8g},{height},{width},,")
         self.index_rows.append(f"{sample.sample_id},{_quote(str(source))}")
 
-    def predict_volume(self, path: Path) -> None:
-        volume = read_volume(path)
+    def predict_volume(self, path: Path, volume=None, axis: str | int = "native", builder=None) -> None:
+        volume = read_volume(path) if volume is None else volume
         volume_id = pseudonymous_id(volume.identity or str(path.resolve()))
         slice_scores: list[tuple[int, float]] = []
 
@@ -150,7 +131,9 @@ class Predictor:
             slice_scores.extend(zip((int(i or 0) for i in batch.slice_index), scores.tolist()))
             return maps
 
-        map_volume = predict_volume(volume, map_fn, transform=self.transform, batch_size=self.batch_size)
+        map_volume = predict_volume(
+            volume, map_fn, axis=axis, transform=self.transform, batch_size=self.batch_size, builder=builder
+        )
         write_nifti(map_volume, volume, self.output_dir / "volumes" / f"{volume_id}_map.nii.gz")
         for index, score in slice_scores:
             self.rows.append(f"{volume_id}:{index},slice,{score:.8g},,,{volume_id},{index}")
@@ -182,24 +165,6 @@ def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) 
     return buffer.getvalue()
 
 
-def samples_from_file(path: Path, transform: ClipImageTransform) -> list[Sample]:
-    """One sample per 2-D image in ``path`` (one per frame for multi-frame DICOM), without labels."""
-    samples = []
-    for frame in read_frames(path):
-        samples.append(
-            Sample(
-                image=transform(frame.array, modality=frame.modality),
-                mask=None,
-                label=-1,
-                category="",
-                sample_id=pseudonymous_id(frame.identity),
-                original_size=frame.size,
-                meta=frame.meta,
-            )
-        )
-    return samples
-
-
 def predict_paths(
     method: ZsadMethod,
     inputs: Iterable[str | Path],
@@ -209,6 +174,7 @@ def predict_paths(
     batch_size: int = 8,
     precision: str = "fp32",
     report: Callable[[str], None] = print,
+    options: dict | None = None,
 ) -> PredictSummary:
     """Score every input; unreadable ones are reported (one line each) and skipped.
 
@@ -218,19 +184,24 @@ def predict_paths(
     summary = PredictSummary(Path(output_dir))
     predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision)
     inputs = list(inputs)
-    paths = list(expand_inputs(inputs))
-    if not paths:
+    dataset = scan_predict_inputs(inputs, transform, options)
+    if distributed.is_main():
+        for skipped in dataset.skipped:
+            report(f"skipped: {skipped}")
+    items = dataset.study.items
+    if not items:
         raise DataError(Path(*[str(i) for i in inputs][:1] or ["."]), "no images or scans found")
-    block = distributed.shard_range(len(paths))
+    block = distributed.shard_range(len(items))
     show = None if distributed.is_main() else True
-    for path in tqdm(paths[block.start : block.stop], desc="predict", disable=show):
+    for item in tqdm(items[block.start : block.stop], desc="predict", disable=show):
         try:
-            if _is_volume(path):
-                predictor.predict_volume(path)
+            if dataset.is_volume(item):
+                volume = dataset.load_volume(item)
+                predictor.predict_volume(item.source, volume, dataset.axis, dataset.builder)
                 summary.volumes += 1
             else:
-                samples = samples_from_file(path, transform)
-                predictor.predict_images(samples, path)
+                samples = dataset.item_samples(item)
+                predictor.predict_images(samples, item.source)
                 summary.images += len(samples)
         except DataError as exc:
             summary.failures.append(str(exc))
