@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from medzsad.data.ids import pseudonymous_id
@@ -43,9 +44,10 @@ class SampleBuilder:
 
     Args:
         transform: the CLIP image transform (size, padding, intensity).
-        user_transforms: MONAI dictionary transforms (key ``image``, channel-first ``[C, H, W]`` in
-            physical units) run before the CLIP transform. They must keep the image size, so maps
-            still fall on the source pixels.
+        user_transforms: MONAI dictionary transforms run before the CLIP transform on ``image``, a
+            channel-first ``[C, H, W]`` ``MetaTensor`` in physical units (HU for CT; 8-bit files stay
+            ``uint8``, and take the float path if a transform changes that), with ``modality`` and
+            ``body_part`` beside it. They must keep the image size, so maps fall on the source pixels.
         salt: HMAC key for sample ids.
     """
 
@@ -91,7 +93,10 @@ class SampleBuilder:
         meta = dict(meta or {})
         body_part = meta.get("body_part")
         size = (int(image.shape[0]), int(image.shape[1]))
-        data = {"image": channel_first(np.ascontiguousarray(image)), "modality": modality, "body_part": body_part}
+        pixels = channel_first(np.ascontiguousarray(image))
+        if self.user_transforms:  # MONAI transforms expect a (writable) MetaTensor, dtype kept
+            pixels = MetaTensor(torch.from_numpy(np.array(pixels)))
+        data = {"image": pixels, "modality": modality, "body_part": body_part}
         data["value_range"] = value_range
         data["mask"] = None if isinstance(mask, torch.Tensor) else mask
         out = self.pipeline(data)
