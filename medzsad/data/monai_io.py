@@ -47,6 +47,8 @@ class DicomPixelReader(ImageReader):
         return all(Path(n).is_dir() or is_dicom_file(n) for n in names)
 
     def read(self, data: Sequence[str | Path] | str | Path, **kwargs: Any) -> Any:
+        if not isinstance(data, str | Path) and len(data) == 1:
+            data = data[0]  # LoadImage passes every filename as a tuple
         if isinstance(data, str | Path):
             path = Path(data)
             if path.is_dir():

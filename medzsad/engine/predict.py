@@ -4,7 +4,8 @@ The inputs (files, folders, DICOMDIRs) are grouped by the data layer's study gro
 them (:class:`medzsad.data.datasets.FolderDataset`). For every 2-D image (a PNG/JPEG/TIFF, a lone DICOM
 file, each frame of a colour multi-frame DICOM) it writes ``maps/<sample_id>.npz`` (float32 map at the
 image's own resolution), ``overlays/<sample_id>.png`` (heat map on a fixed [0, 1] colour scale over the
-image) and a row of ``scores.csv``. Each volume (NIfTI, NRRD, every DICOM series and grey multi-frame
+image) and a row of ``scores.csv`` (its ``intensity`` column records the CT window or scaling used,
+e.g. ``window -600/1500 lung`` for a chest CT). Each volume (NIfTI, NRRD, every DICOM series and grey multi-frame
 file of a study export) is scored slice by slice along ``data.slice_axis`` (``native`` by default) and
 its map written back on the scan's own grid as ``volumes/<volume_id>_map.nii.gz`` (voxel order: see
 :func:`medzsad.data.volumes.write_nifti`). Localizers, secondary captures and SEG/RT/SR objects are
@@ -93,7 +94,7 @@ class Predictor:
         self.transform = transform
         self.batch_size = batch_size
         self.precision = precision
-        self.rows: list[str] = ["sample_id,kind,score,height,width,volume_id,slice_index"]
+        self.rows: list[str] = ["sample_id,kind,score,height,width,volume_id,slice_index,intensity"]
         self.index_rows: list[str] = ["sample_id,source"]
 
     def run_model(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
@@ -118,25 +119,27 @@ class Predictor:
         np.savez_compressed(buffer, anomaly_map=full, score=np.float32(score))
         atomic_write_bytes(self.output_dir / "maps" / f"{sample.sample_id}.npz", buffer.getvalue())
         atomic_write_bytes(self.output_dir / "overlays" / f"{sample.sample_id}.png", overlay_png(image, full))
-        self.rows.append(f"{sample.sample_id},image,{score:.8g},{height},{width},,")
+        intensity = sample.meta.get("intensity", "")  # the CT window / scaling used (allow-listed text)
+        self.rows.append(f"{sample.sample_id},image,{score:.8g},{height},{width},,,{intensity}")
         self.index_rows.append(f"{sample.sample_id},{_quote(str(source))}")
 
     def predict_volume(self, path: Path, volume=None, axis: str | int = "native", builder=None) -> None:
         volume = read_volume(path) if volume is None else volume
         volume_id = pseudonymous_id(volume.identity or str(path.resolve()))
-        slice_scores: list[tuple[int, float]] = []
+        slice_scores: list[tuple[int, float, str]] = []
 
         def map_fn(batch: Batch) -> np.ndarray:
             scores, maps = self.run_model(batch)
-            slice_scores.extend(zip((int(i or 0) for i in batch.slice_index), scores.tolist()))
+            windows = (meta.get("intensity", "") for meta in batch.meta)
+            slice_scores.extend(zip((int(i or 0) for i in batch.slice_index), scores.tolist(), windows))
             return maps
 
         map_volume = predict_volume(
             volume, map_fn, axis=axis, transform=self.transform, batch_size=self.batch_size, builder=builder
         )
         write_nifti(map_volume, volume, self.output_dir / "volumes" / f"{volume_id}_map.nii.gz")
-        for index, score in slice_scores:
-            self.rows.append(f"{volume_id}:{index},slice,{score:.8g},,,{volume_id},{index}")
+        for index, score, intensity in slice_scores:
+            self.rows.append(f"{volume_id}:{index},slice,{score:.8g},,,{volume_id},{index},{intensity}")
         self.index_rows.append(f"{volume_id},{_quote(str(path))}")
 
     def finish(self) -> None:
