@@ -24,6 +24,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
+from medzsad.data.errors import DataError
 from medzsad.data.ids import pseudonymous_id
 from medzsad.data.monai_io import ClipImaged, ClipMaskd, channel_first
 from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Sample
@@ -101,7 +102,9 @@ class SampleBuilder:
         data["mask"] = None if isinstance(mask, torch.Tensor) else mask
         out = self.pipeline(data)
         if out["original_size"] != size:
-            raise ValueError(f"a data.transforms entry changed the image size {size} -> {out['original_size']}")
+            # Inverting a crop/resample onto the map is not implemented: refuse rather than misplace maps.
+            change = f"{size} -> {out['original_size']}"
+            raise DataError(None, f"data.transforms changed the image size {change}; use size-keeping transforms")
         return Sample(
             image=out["image"],
             mask=mask if isinstance(mask, torch.Tensor) else out["mask"],

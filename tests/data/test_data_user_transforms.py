@@ -78,3 +78,11 @@ def test_a_transform_that_cannot_be_built_names_its_key(tmp_path, scans):
         _dataset(tmp_path, scans, [{"_target_": "NoSuchTransformd", "keys": "image"}])
     with pytest.raises(ConfigError, match=r"data.transforms\[1\]: expected a mapping"):
         _dataset(tmp_path, scans, [{"_target_": "Flipd", "keys": "image"}, "Flipd"])
+
+
+def test_a_transform_that_changes_the_image_size_is_refused(tmp_path, scans):
+    from medzsad.data.errors import DataError
+
+    cropped = _dataset(tmp_path, scans, [{"_target_": "SpatialPadd", "keys": "image", "spatial_size": [64, 64]}])
+    with pytest.raises(DataError, match=r"data.transforms changed the image size \(24, 20\) -> \(64, 64\)"):
+        cropped[0]
