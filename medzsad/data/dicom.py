@@ -451,6 +451,12 @@ class DicomStack:
     files: tuple[Path, ...] = field(default=(), repr=False)
 
 
+def _frame_affine(spacing_rc: Sequence[float]) -> np.ndarray:
+    """The affine of a stack without patient geometry: spacing only, axes taken as LPS (ITK's default),
+    so the canonical orientation keeps the stored row/column/frame order."""
+    return lps_to_ras(np.eye(3), np.array([spacing_rc[1], spacing_rc[0], 1.0]), np.zeros(3))
+
+
 def _stack_meta(ds: Any, pixel_meta: dict[str, Any]) -> dict[str, Any]:
     body_part = str(ds.get("BodyPartExamined", "") or "").upper() or None
     return {
@@ -485,7 +491,7 @@ def stack_series(files: Sequence[Path], source: Path | None = None) -> DicomStac
     if orientation is None or any(p is None for p in positions):
         order = sorted(range(len(slices)), key=lambda i: int(slices[i][0].get("InstanceNumber", i) or i))
         stack = np.stack([slices[i][1] for i in order]).astype(np.float32)
-        affine = np.diag([spacing_rc[1], spacing_rc[0], 1.0, 1.0])
+        affine = _frame_affine(spacing_rc)
         return DicomStack(stack.transpose(2, 1, 0), affine, modality, _stack_meta(first, meta), identity, False)
     stack, affine, order = geometry_stack(
         source,
@@ -574,7 +580,7 @@ def stack_multiframe(path: Path) -> DicomStack:
     base = _stack_meta(ds, meta)
     modality = meta.get("modality")
     if orientation is None or any(p is None for p in positions) or pixels.shape[0] < 2:
-        affine = np.diag([spacing_rc[1], spacing_rc[0], 1.0, 1.0])
+        affine = _frame_affine(spacing_rc)
         return DicomStack(pixels.astype(np.float32).transpose(2, 1, 0), affine, modality, base, identity, False)
     stack, affine, _order = geometry_stack(
         path, list(pixels), np.asarray(orientation, float), np.asarray(positions, float), spacing_rc, 0.0
