@@ -71,6 +71,13 @@ def scan_predict_inputs(
     return FolderDataset(list(inputs), transform=transform, **{"axis": "native", **(options or {})})
 
 
+def samples_from_file(path: Path, transform: ClipImageTransform) -> list[Sample]:
+    """One unlabelled sample per 2-D image in ``path`` (one per frame of a colour multi-frame DICOM), as
+    ``predict`` and ``test`` build them (the data layer's grouper and sample builder)."""
+    dataset = scan_predict_inputs([path], transform)
+    return [sample for item in dataset.study.items for sample in dataset.item_samples(item)]
+
+
 @dataclass
 class _OpenVolume:
     """A volume whose slice maps are coming back from the model."""
