@@ -10,6 +10,11 @@ _EXPORTS = {
     "FolderDataset": "datasets",
     "ManifestDataset": "datasets",
     "DataError": "errors",
+    "DicomPixelReader": "monai_io",
+    "SampleBuilder": "samples",
+    "SeriesSelection": "study",
+    "Study": "study",
+    "scan_inputs": "study",
     "MissingDecoderError": "errors",
     "NotAnImageError": "errors",
     "clean_meta": "ids",
@@ -37,7 +42,7 @@ _EXPORTS = {
     "read_volume": "volumes",
     "reassemble": "volumes",
     "volume_samples": "volumes",
-    "write_dicom_seg": "volumes",
+    "write_dicom_seg": "dicom",
     "write_nifti": "volumes",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

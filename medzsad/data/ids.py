@@ -50,6 +50,8 @@ ALLOWED_META_KEYS: frozenset[str] = frozenset(
         "converted_to_rgb",  # YBR / palette colour converted to RGB
         "pixel_spacing",  # (row, col) mm
         "spacing",  # voxel spacing of a volume, mm, in array order
+        "body_part",  # DICOM BodyPartExamined code (HEAD, CHEST, ...): picks the CT window preset
+        "has_geometry",  # False: a volume without patient geometry (written with qform/sform code 0)
         "slice_axis",
         "shape",
         "intensity",  # description of the intensity mapping used, e.g. "window 40/80"

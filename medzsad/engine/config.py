@@ -33,9 +33,16 @@ class DataConfig:
         test: target datasets for ``medzsad test``: manifests, image folders or scan folders.
         split: which manifest split to read ("test", as every official loader does, or "train").
         pad_to_square: pad to a square before resizing (default off = the official squashing resize).
-        ct_window: CT window ``[level, width]`` in HU applied to CT scans.
+        ct_window: CT window ``[level, width]`` in HU or a preset name (``brain``, ``lung``, ...);
+            ``null`` picks the preset of each scan's BodyPartExamined (docs/data.md), else ``brain``.
         mri_percentiles: ``[low, high]`` percentiles for MRI intensity scaling.
-        slice_axis: axis along which 3-D volumes are cut into 2-D slices.
+        slice_axis: axis along which 3-D volumes are cut into 2-D slices: ``native`` (as acquired),
+            ``axial``, ``coronal``, ``sagittal`` or 0/1/2.
+        series: DICOM series to score, by SeriesNumber (``5``) and/or SeriesDescription pattern
+            (``"*axial*"``); one value or a list; ``null``: all.
+        modality: DICOM modalities to score (``CT`` or ``[CT, MR]``); ``null``: all.
+        transforms: MONAI dictionary transforms (bundle style, ``_target_: CropForegroundd`` and its
+            arguments; key ``image``, channel-first, physical units) run before the CLIP transform.
     """
 
     train: str | None = None
@@ -43,9 +50,12 @@ class DataConfig:
     test: list[str] = field(default_factory=list)
     split: str = "test"
     pad_to_square: bool = False
-    ct_window: list[float] = field(default_factory=lambda: [40.0, 80.0])
+    ct_window: list[float] | str | None = None
     mri_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    slice_axis: int = 2
+    slice_axis: str | int = "native"
+    series: list[int | str] | int | str | None = None
+    modality: list[str] | str | None = None
+    transforms: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -37,8 +37,26 @@ from medzsad.utils.files import atomic_write_text
 def make_transform(config: RunConfig, image_size: int) -> ClipImageTransform:
     """The image transform the data section describes (official behaviour by default)."""
     data = config.data
-    intensity = Intensity(mode="auto", window=tuple(data.ct_window), percentiles=tuple(data.mri_percentiles))
+    window = tuple(data.ct_window) if isinstance(data.ct_window, list) else data.ct_window
+    try:
+        intensity = Intensity(mode="auto", window=window, percentiles=tuple(data.mri_percentiles))
+    except ValueError as exc:
+        raise ConfigError(f"data.ct_window: {exc}") from None
     return ClipImageTransform(image_size, pad_to_square=data.pad_to_square, intensity=intensity)
+
+
+def folder_options(config: RunConfig) -> dict[str, Any]:
+    """What the data section says about folders of scans, the same for ``predict`` and ``test``: slice
+    axis, series selection (``data.series``, ``data.modality``) and the user's MONAI transforms."""
+    from medzsad.data.samples import user_transforms
+    from medzsad.data.study import selection_from_values
+
+    data = config.data
+    try:
+        selection = selection_from_values(data.series, data.modality)
+        return {"axis": data.slice_axis, "selection": selection, "user_transforms": user_transforms(data.transforms)}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def tracking_config(config: RunConfig) -> TrackingConfig:
@@ -92,9 +110,11 @@ def open_dataset(spec: str | Path, config: RunConfig, image_size: int, root: str
         raise ConfigError(f"{location}: dataset not found")
     manifest = location / "meta.json" if location.is_dir() else location
     transform = make_transform(config, image_size)
+    options = folder_options(config)
     if manifest.is_file() and manifest.suffix == ".json":
-        return ManifestDataset(manifest, split=config.data.split, root=root, transform=transform)
-    return FolderDataset(location, axis=config.data.slice_axis, transform=transform)
+        users = options["user_transforms"]
+        return ManifestDataset(manifest, split=config.data.split, root=root, transform=transform, user_transforms=users)
+    return FolderDataset(location, transform=transform, **options)
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -108,7 +128,10 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     _require_trained(method, config)
     transform = make_transform(config, method.image_size)
     batch_size, precision, seed = config.eval.batch_size, config.eval.precision, config.eval.seed
-    return predict_paths(method, inputs, output_dir, device, transform, batch_size, precision, seed=seed)
+    options = folder_options(config)
+    return predict_paths(
+        method, inputs, output_dir, device, transform, batch_size, precision, seed=seed, options=options
+    )
 
 
 # -- test ------------------------------------------------------------------------------------------
