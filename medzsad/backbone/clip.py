@@ -15,10 +15,6 @@ from medzsad.backbone.loading import LoadedClip, load_clip
 from medzsad.backbone.text import PromptableTextEncoder
 from medzsad.backbone.visual import DualPathVisionEncoder, VisualFeatures
 
-# OpenAI CLIP normalisation, used by every method of the AnomalyCLIP lineage.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclass
 class BackboneConfig:
@@ -29,7 +25,7 @@ class BackboneConfig:
         pretrained: open_clip pretrained tag; ``None`` for random weights (tests, smoke runs).
         weights_path: local weight file, overrides ``pretrained``.
         offline: never use the network; fail fast when weights are not cached.
-        image_size: side of the square model input in pixels (518 in all three papers).
+        (The model input size is the method's ``method_config.image_size``, not the backbone's.)
         seed: seed for random weights.
     """
 
@@ -37,7 +33,6 @@ class BackboneConfig:
     pretrained: str | None = "openai"
     weights_path: str | None = None
     offline: bool = False
-    image_size: int = 518
     seed: int = 0
 
 

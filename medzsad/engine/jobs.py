@@ -237,7 +237,7 @@ def _log_curves(
     run: Any, curves: Mapping[str, Mapping[str, tuple]], per_category: Mapping[str, Any], aupro_key: str
 ) -> None:
     """One figure per curve kind (ROC, PR at image level; PRO at pixel level), a line per category."""
-    from medzsad.tracking import Curve
+    from medzsad.viz import Curve
 
     kinds = {"image_roc": ("roc", "image", "image_auroc", None), "image_pr": ("pr", "image", "image_ap", None)}
     kinds["pixel_pro"] = ("pro", "pixel", aupro_key, 0.3)

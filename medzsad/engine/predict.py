@@ -34,10 +34,9 @@ from medzsad.data.records import Batch, Sample, collate_samples
 from medzsad.data.transforms import ClipImageTransform, map_to_original
 from medzsad.data.volumes import predict_volume, read_volume, write_nifti
 from medzsad.engine import distributed
-from medzsad.engine.evaluate import display_images
 from medzsad.methods.base import ZsadMethod
-from medzsad.tracking.render import MapScale, heat_rgb
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
+from medzsad.viz import MapScale, display_images, heat_rgb
 
 VOLUME_FORMATS = {"nifti", "nrrd", "itk", "dicom_series"}
 OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image

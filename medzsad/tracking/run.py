@@ -29,9 +29,10 @@ from medzsad.tracking.backend import MlflowBackend, now_ms, quiet_mlflow, redact
 from medzsad.tracking.config import Purpose, TrackingConfig
 from medzsad.tracking.params import config_hash, is_allowed_key, param_value, select_params
 from medzsad.tracking.phi import PHIError, guard_mapping, phi_guard, scrub_tree
-from medzsad.tracking.render import Curve, CurveKind, MapScale, curve_figure, render_tile, render_volume
-from medzsad.tracking.review import ReviewSample, ReviewSelector, ReviewSummary
+from medzsad.tracking.review import ReviewSelector, ReviewSummary, checked_id
 from medzsad.tracking.spool import Spool, find_spools
+from medzsad.viz.render import Curve, CurveKind, MapScale, curve_figure, render_tile, render_volume
+from medzsad.viz.sample import ReviewSample
 
 __all__ = ["CheckpointFiles", "TrackedRun", "load_checkpoint_from_run", "tracked_run", "upload_spool"]
 
@@ -379,7 +380,7 @@ class TrackedRun:
                 f"PHI guard: sample {sample.sample_id!r} may carry burned-in text, so its overlay is "
                 "refused; set TrackingConfig(deidentified=True) only if the pixels are de-identified"
             )
-        sample_id = sample.checked_id()
+        sample_id = checked_id(sample)
         if int(sample.label) not in (0, 1):
             raise ValueError(f"sample {sample_id!r}: label must be 0 (normal) or 1 (anomalous), got {sample.label!r}")
         if sample_id in seen:

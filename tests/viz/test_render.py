@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medzsad.tracking import MapScale
-from medzsad.tracking.render import Curve, curve_figure, heat_rgb, mask_contour, render_tile, render_volume
+from medzsad.viz import MapScale
+from medzsad.viz.render import Curve, curve_figure, heat_rgb, mask_contour, render_tile, render_volume
 
 
 def _brightness(rgb: np.ndarray) -> float:
@@ -83,7 +83,7 @@ def test_volume_figure_tiles_slices_and_keeps_the_lesion_slice() -> None:
     figure = render_volume(volume, vmap, mask, MapScale(0.0, 1.0), "vol-1", max_slices=9, side=48)
     assert figure.shape == (18 + 3 * 50, 3 * 50, 3)
 
-    from medzsad.tracking.render import pick_slices
+    from medzsad.viz.render import pick_slices
 
     chosen = pick_slices(vmap, mask, 9)
     assert 17 in chosen and len(chosen) == 9

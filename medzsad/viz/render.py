@@ -1,6 +1,6 @@
 """Rendering of review tiles, volume figures and curve figures (numpy, Pillow, matplotlib).
 
-Nothing here talks to MLflow. All heat maps of a dataset go through one :class:`MapScale`, so
+Nothing here talks to MLflow or the engine. All heat maps of a dataset go through one :class:`MapScale`, so
 colour means the same score on every image: a normal image with low scores stays dark instead of
 being stretched to full colour, as per-image min-max scaling would do.
 """
