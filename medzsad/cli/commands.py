@@ -109,6 +109,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     server = serve_ui(Path(args.store), port=args.port)
     print(f"MLflow UI on {server.url} (loopback only); Ctrl-C to stop")
+    for name, url in server.runs_urls(Path(args.store)).items():
+        print(f"  {name}: {url}")
+    print(f"  all experiments: {server.experiments_url()}")
     try:
         server.wait()
     except KeyboardInterrupt:
@@ -117,9 +120,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_tracking(args: argparse.Namespace) -> int:
-    from medzsad.engine.jobs import tracking_config
     from medzsad.tracking import upload_spool
 
-    runs = upload_spool(Path(args.spool), tracking_config(_config(args)))
+    runs = upload_spool(Path(args.spool), _config(args).tracking)
     print(f"uploaded {len(runs)} run(s): {', '.join(runs)}")
     return 0

@@ -78,6 +78,7 @@ def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: in
                 burned_in_text=bool(batch.meta[i].get("burned_in_text", False)),
                 volume_id=batch.volume_id[i],
                 slice_index=batch.slice_index[i],
+                intensity=batch.meta[i].get("intensity"),
             )
         )
     return samples

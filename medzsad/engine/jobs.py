@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,13 +23,13 @@ import medzsad
 from medzsad.data.transforms import ClipImageTransform, Intensity
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths
-from medzsad.engine.config import ConfigError, RunConfig
+from medzsad.engine.config import ConfigError, RunConfig, method_config_for
 from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
 from medzsad.engine.predict import PredictSummary, predict_paths
 from medzsad.engine.runtime import build_backbone, build_method
 from medzsad.engine.train import TrainResult, train
 from medzsad.methods.base import ZsadMethod
-from medzsad.tracking import Purpose, TrackingConfig, tracked_run
+from medzsad.tracking import Purpose, tracked_run
 
 
 def make_transform(config: RunConfig, image_size: int) -> ClipImageTransform:
@@ -35,16 +37,6 @@ def make_transform(config: RunConfig, image_size: int) -> ClipImageTransform:
     data = config.data
     intensity = Intensity(mode="auto", window=tuple(data.ct_window), percentiles=tuple(data.mri_percentiles))
     return ClipImageTransform(image_size, pad_to_square=data.pad_to_square, intensity=intensity)
-
-
-def tracking_config(config: RunConfig) -> TrackingConfig:
-    section = config.tracking
-    kwargs: dict[str, Any] = {"system_metrics": section.system_metrics, "deidentified": section.deidentified}
-    if section.tracking_uri:
-        kwargs["tracking_uri"] = section.tracking_uri
-    if section.artifact_location:
-        kwargs["artifact_location"] = Path(section.artifact_location)
-    return TrackingConfig(**kwargs)
 
 
 def _require_trained(method: ZsadMethod, config: RunConfig) -> None:
@@ -120,6 +112,43 @@ def _run_tags(config: RunConfig, method: ZsadMethod) -> dict[str, str]:
     }
 
 
+# Data settings that change the pixels a method sees; the rest of ``data`` names files.
+_DATA_PARAMS = ("split", "pad_to_square", "ct_window", "mri_percentiles", "slice_axis")
+# Settings that change no number (where files go, how many loader processes).
+_NOT_PARAMS = {"output_dir", "num_workers", "resume", "save_maps", "weights_path", "offline"}
+
+
+def run_params(config: RunConfig, purpose: Purpose) -> dict[str, Any]:
+    """The settings that decide a run's numbers, from the typed config: the method and every field
+    of its validated config (defaults included), the backbone, the data/intensity settings, and the
+    ``train`` section for training runs or the ``eval`` section for evaluations."""
+    method_config = method_config_for(config)
+    params: dict[str, Any] = {"method": config.method}
+    params.update({f"method_config.{k}": _param(v) for k, v in dataclasses.asdict(method_config).items()})
+    sections = [("backbone", config.backbone), ("data", config.data)]
+    sections.append(
+        ("train", config.train) if purpose in (Purpose.AUX_TRAIN, Purpose.FINETUNE) else ("eval", config.eval)
+    )
+    for name, section in sections:
+        for key, value in dataclasses.asdict(section).items():
+            if key not in _NOT_PARAMS and (name != "data" or key in _DATA_PARAMS):
+                params[f"{name}.{key}"] = _param(value)
+    return params
+
+
+def _param(value: Any) -> Any:
+    """``value`` if MLflow can show it as a param, else a short digest of it (long prompt lists), so
+    every setting has a key and equal settings compare equal in the runs table."""
+    from medzsad.tracking.params import param_value
+
+    try:
+        param_value(value)
+        return value
+    except TypeError:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 @contextlib.contextmanager
 def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, target: str, aux: str | None) -> Iterator:
     """An MLflow run when tracking is on; under torchrun only rank 0 opens one (the others get None)."""
@@ -127,15 +156,17 @@ def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, targ
         yield None
         return
     tags = _run_tags(config, method)
+    config_dict = {key: value for key, value in config.to_dict().items() if key != "tracking"}
     with tracked_run(
-        tracking_config(config),
+        config.tracking,
         purpose,
         method=tags["method"],
         backbone=tags["backbone"],
         weight_hash=tags["weight_hash"],
         target_dataset=target,
         aux_data=aux,
-        config_dict=config.to_dict(),
+        config_dict=config_dict,
+        params=run_params(config, purpose),
         code_version=medzsad.__version__,
     ) as run:
         yield run
@@ -159,7 +190,7 @@ def evaluate_config(
         spec = parse_dataset_spec(text)
         dataset = open_dataset(text, config, method.image_size)
         maps_dir = output_dir / "maps" / spec.name if config.eval.save_maps else None
-        review_limit = 512 if config.tracking.enabled else 0
+        review_limit = config.tracking.review_limit if config.tracking.enabled else 0
         result = evaluate(method, dataset, config.eval, device, spec.name, review_limit, maps_dir=maps_dir)
         evaluations[spec.name] = result
         if not main:

@@ -19,7 +19,12 @@ from urllib.parse import urlsplit
 
 from medzsad.tracking.config import Purpose, TrackingConfig
 
-__all__ = ["MlflowBackend", "quiet_mlflow", "redact_uri"]
+__all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "MlflowBackend", "quiet_mlflow", "redact_uri"]
+
+# The experiment kind MLflow's UI reads to choose its view: without it, MLflow 3 opens an
+# experiment in GenAI mode (traces, tokens, cost) and shows no runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # MLflow's LogBatch limits per request.
 _MAX_PARAMS = 100
@@ -106,10 +111,14 @@ class MlflowBackend:
         name = purpose.experiment_name
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older medzsad
+                self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return experiment.experiment_id
         try:
             return self.client.create_experiment(
-                name, artifact_location=self.config.experiment_artifact_location(purpose)
+                name,
+                artifact_location=self.config.experiment_artifact_location(purpose),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except MlflowException:
             # Another process may have created it in between; anything else re-raises below.

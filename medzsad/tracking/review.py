@@ -41,6 +41,7 @@ class ReviewSummary:
     false_negative_ids: list[str] = field(default_factory=list)
     overlay_dir: str = ""
     table_file: str = ""
+    page_file: str = ""
     scale: tuple[float, float] = (0.0, 1.0)
 
 

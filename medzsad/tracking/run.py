@@ -32,6 +32,7 @@ from medzsad.tracking.phi import PHIError, guard_mapping, phi_guard, scrub_tree
 from medzsad.tracking.review import ReviewSelector, ReviewSummary, checked_id
 from medzsad.tracking.spool import Spool, find_spools
 from medzsad.viz.render import Curve, CurveKind, MapScale, curve_figure, render_tile, render_volume
+from medzsad.viz.review_page import DEFAULT_PAGE_LIMIT, PageDecision, review_page
 from medzsad.viz.sample import ReviewSample
 
 __all__ = ["CheckpointFiles", "TrackedRun", "load_checkpoint_from_run", "tracked_run", "upload_spool"]
@@ -189,11 +190,7 @@ class TrackedRun:
             ValueError: a key outside ``config.param_allow`` (or a path/secret-like key).
             TypeError: a value that is not a bool, int, float, str, None or short list of those.
         """
-        out: dict[str, str] = {}
-        for key, value in params.items():
-            if not is_allowed_key(key, self.config.param_allow):
-                raise ValueError(f"param {key!r} is not in the allow-list (TrackingConfig.param_allow)")
-            out[key] = param_value(value)
+        out = _checked_params(params, self.config.param_allow)
         guard_mapping(out, "param")
         if out:
             self._emit({"op": "params", "params": out})
@@ -294,25 +291,35 @@ class TrackedRun:
         panel_size: int = 16,
         worst_k: int = 8,
         overlay_side: int = 256,
+        threshold_origin: str = "fixed, not calibrated",
+        page_limit: int = DEFAULT_PAGE_LIMIT,
+        context: Mapping[str, str] | None = None,
     ) -> ReviewSummary:
-        """Log the review of one dataset: a stepped panel, the worst mistakes, overlays and an index.
+        """Log the review of one dataset: the review page, a stepped panel, the worst mistakes,
+        overlays and an index.
 
+        * ``review/<dataset>/review.html``: the self-contained review page
+          (:func:`medzsad.viz.review_page.review_page`): worklist, case view, slice scrolling; it
+          holds at most ``page_limit`` slices, worst errors first, and says so;
         * ``review/<dataset>/panel``: ``panel_size`` samples fixed by id hash, one per step;
         * ``review/<dataset>/false_positives`` / ``false_negatives``: the ``worst_k`` worst, one per step;
         * ``overlays/<dataset>/<category>/<sample_id>.png`` for every sample, in one upload;
         * ``review/<dataset>/index.json``: sample_id, category, score, label, decision, outcome, overlay.
 
-        All heat maps share ``scale``; when it is None it is the range of all maps, which needs
-        the samples in memory (a generator is materialised). Pass the scale to stream.
+        All heat maps share ``scale`` (default: the range of all maps). The samples are held in
+        memory (the engine keeps a bounded number of downscaled copies). ``threshold_origin`` says
+        how the thresholds were chosen and is shown next to them; ``context`` adds a few
+        ``label: value`` pairs (method, checkpoint) to the page's header.
 
         Raises:
             PHIError: a sample flagged ``burned_in_text`` while ``config.deidentified`` is False,
                 or an id/category that fails the PHI guard.
         """
         dataset = _safe_name(dataset_name, "dataset name")
+        samples = list(samples)
         if scale is None:
-            samples = list(samples)
             scale = MapScale.from_maps(s.anomaly_map for s in samples)
+        guard_mapping({"threshold_origin": threshold_origin, **(context or {})}, "review page text")
         self._scales[dataset] = scale
         selector = ReviewSelector(panel_size, worst_k, image_threshold)
         # Each call stages into its own folder, removed if the call fails (e.g. a refused
@@ -333,6 +340,13 @@ class TrackedRun:
             self._emit({"op": "artifacts", "dir": relative, "artifact_path": summary.overlay_dir})
             summary.table_file = f"review/{dataset}/index.json"
             self._log_table(columns, summary.table_file)
+            decision = PageDecision(image_threshold, pixel_threshold, threshold_origin)
+            page = review_page(
+                samples, dataset=dataset, scale=scale, decision=decision, limit=page_limit, context=context
+            )
+            summary.page_file = f"review/{dataset}/review.html"
+            self.spool.stage(summary.page_file).write_text(page.html, encoding="utf-8")
+            self._log_file(summary.page_file)
         for name, chosen, ids in (
             ("panel", selector.panel(), summary.panel_ids),
             ("false_positives", selector.false_positives(), summary.false_positive_ids),
@@ -355,9 +369,8 @@ class TrackedRun:
         staging: Path,
     ) -> tuple[dict[str, list[Any]], int]:
         """Render every sample's tile into ``staging/<category>/<id>.png``; return the index table."""
-        columns: dict[str, list[Any]] = {
-            k: [] for k in ("sample_id", "category", "score", "label", "decision", "outcome", "overlay")
-        }
+        names = ("sample_id", "category", "volume_id", "slice", "score", "label", "decision", "outcome", "overlay")
+        columns: dict[str, list[Any]] = {k: [] for k in names}
         seen: set[str] = set()
         for sample in samples:
             sample_id = self._check_sample(sample, seen)
@@ -367,8 +380,8 @@ class TrackedRun:
                 self._tile(sample, scale, pixel_threshold, selector, side), staging / category / f"{sample_id}.png"
             )
             label, decision = int(sample.label), selector.decision(sample.score)
-            row = (sample_id, category, float(sample.score), label, decision, _outcome(label, decision),
-                   f"overlays/{dataset}/{category}/{sample_id}.png")  # fmt: skip
+            row = (sample_id, category, sample.volume_id, sample.slice_index, round(float(sample.score), 4), label,
+                   decision, _outcome(label, decision), f"overlays/{dataset}/{category}/{sample_id}.png")  # fmt: skip
             for key, value in zip(columns, row):
                 columns[key].append(value)
             selector.offer(sample)
@@ -381,6 +394,8 @@ class TrackedRun:
                 "refused; set TrackingConfig(deidentified=True) only if the pixels are de-identified"
             )
         sample_id = checked_id(sample)
+        phi_guard(sample.volume_id, f"volume_id of sample {sample_id!r}")
+        phi_guard(sample.intensity, f"intensity of sample {sample_id!r}")
         if int(sample.label) not in (0, 1):
             raise ValueError(f"sample {sample_id!r}: label must be 0 (normal) or 1 (anomalous), got {sample.label!r}")
         if sample_id in seen:
@@ -497,6 +512,7 @@ def tracked_run(
     target_dataset: str,
     config_dict: Mapping[str, Any],
     code_version: str,
+    params: Mapping[str, Any] | None = None,
     aux_data: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
@@ -504,8 +520,10 @@ def tracked_run(
     """Open one run (method, checkpoint, target dataset) in the experiment of ``purpose``.
 
     Sets the tags (method, backbone, weight hash, aux data, target dataset, config hash, code
-    version...), logs the allow-listed params of ``config_dict`` and the config itself as
-    ``config/resolved.yaml`` (strings that fail the PHI guard, such as data paths, redacted).
+    version...), logs ``params`` (the engine generates them from its typed config; each key must
+    pass ``config.param_allow``) or, without them, the allow-listed leaves of ``config_dict``, and
+    the config itself as ``config/resolved.yaml`` (strings that fail the PHI guard, such as data
+    paths, redacted).
     The run ends FINISHED, or FAILED/KILLED when the block raises.
 
     Raises:
@@ -520,8 +538,11 @@ def tracked_run(
     guard_mapping(run_tags, "tag")
     name = run_name or f"{method}-{target_dataset}-{cfg_hash[:8]}"
     phi_guard(name, "run name")
-    params = select_params(config_dict, config.param_allow)
-    guard_mapping(params, "param")
+    if params is None:
+        selected = select_params(config_dict, config.param_allow)
+    else:
+        selected = _checked_params(params, config.param_allow)
+    guard_mapping(selected, "param")
 
     spool = Spool.create(
         config.spool_dir,
@@ -530,8 +551,8 @@ def tracked_run(
     run = TrackedRun(config, purpose, spool)
     run._connect(name)
     run.set_tags(run_tags)
-    if params:
-        run._emit({"op": "params", "params": params})
+    if selected:
+        run._emit({"op": "params", "params": selected})
     scrubbed, _ = scrub_tree(config_dict)
     spool.stage("config/resolved.yaml").write_text(yaml.safe_dump(scrubbed, sort_keys=False), encoding="utf-8")
     run._log_file("config/resolved.yaml")
@@ -544,6 +565,15 @@ def tracked_run(
         run.close("FAILED")
         raise
     run.close("FINISHED")
+
+
+def _checked_params(params: Mapping[str, Any], allow: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for key, value in params.items():
+        if not is_allowed_key(key, allow):
+            raise ValueError(f"param {key!r} is not in the allow-list (TrackingConfig.param_allow)")
+        out[key] = param_value(value)
+    return out
 
 
 def upload_spool(spool_dir: str | Path, config: TrackingConfig, remove: bool = True) -> list[str]:

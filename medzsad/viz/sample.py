@@ -25,6 +25,9 @@ class ReviewSample:
         burned_in_text: the source may carry burned-in text (e.g. ultrasound, secondary capture).
         volume_id: pseudonymous id of the volume a slice comes from, None for 2-D images.
         slice_index: the slice's index in that volume, None for 2-D images.
+        intensity: how scan values became the display pixels (``Sample.meta["intensity"]``, e.g.
+            ``"window 40/80"`` for CT in HU, ``"percentile 0.5-99.5"`` for MR); the review page
+            re-windows CT within that range and shows it.
     """
 
     sample_id: str
@@ -37,3 +40,4 @@ class ReviewSample:
     burned_in_text: bool = False
     volume_id: str | None = None
     slice_index: int | None = None
+    intensity: str | None = None

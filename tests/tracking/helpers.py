@@ -15,10 +15,12 @@ RUN_KWARGS = {
     "code_version": "git-1a2b3c4",
 }
 
+# The shape of the engine's RunConfig.to_dict(), with a path and an object repr in it.
 CONFIG_DICT = {
-    "seed": 111,
-    "method": {"name": "anomalyclip", "prompt_length": 12, "depth": 9, "features": [6, 12, 18, 24]},
-    "data": {"root": "/data/hospital/exports/brain", "image_size": 518, "name": "brainmri"},
+    "method": "anomalyclip",
+    "method_config": {"prompt_length": 12, "depth": 9, "features": [6, 12, 18, 24]},
+    "backbone": {"model_name": "ViT-L-14-336", "weights_path": "/data/hospital/weights/clip.pt"},
+    "data": {"test": ["/data/hospital/exports/brain"], "ct_window": [40.0, 80.0], "split": "test"},
     "train": {"epochs": 15, "lr": 0.001, "optimizer_obj": "<torch.optim.Adam object at 0x7f3a2b>"},
     "logging": {"verbose": True},
 }
@@ -48,6 +50,39 @@ def make_samples(n: int = 12, size: int = 48, seed: int = 0) -> list[ReviewSampl
             )
         )
     return samples
+
+
+def make_volume(volume_id: str = "vol-7f3a", depth: int = 14, size: int = 96, seed: int = 1) -> list[ReviewSample]:
+    """Slices of a synthetic CT volume (stored through a lung window): a body ellipse with lung
+    fields and a nodule spanning slices 4-9, the map hot on the nodule."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    body = ((yy - size / 2) / (0.38 * size)) ** 2 + ((xx - size / 2) / (0.46 * size)) ** 2 < 1
+    lungs = (((yy - size / 2) / (0.28 * size)) ** 2 + ((np.abs(xx - size / 2) - 0.2 * size) / (0.15 * size)) ** 2) < 1
+    slices = []
+    for z in range(depth):
+        image = np.where(body, 150, 0) - np.where(lungs, 120, 0) + rng.normal(0, 6, (size, size))
+        radius = max(0.0, 7.0 - 1.6 * abs(z - 6.5))
+        mask = (yy - 42) ** 2 + (xx - 30) ** 2 < radius**2
+        image[mask] = 170
+        amap = (0.08 * rng.random((size, size))).astype(np.float32)
+        amap[mask] += 0.55 + 0.05 * z / depth
+        pixels = np.clip(image, 0, 255).astype(np.uint8)
+        slices.append(
+            ReviewSample(
+                sample_id=f"{volume_id}-{z:03d}",
+                category="lung_ct",
+                score=float(amap.max()),
+                label=int(mask.any()),
+                image=np.repeat(pixels[..., None], 3, axis=2),
+                anomaly_map=amap,
+                mask=mask,
+                volume_id=volume_id,
+                slice_index=z,
+                intensity="window -600/1500",
+            )
+        )
+    return slices
 
 
 def all_artifacts(client, run_id: str, path: str | None = None) -> list[str]:

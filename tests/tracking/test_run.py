@@ -27,7 +27,7 @@ def test_run_has_tags_allowed_params_and_config_artifact(tracking_config: Tracki
     with tracked_run(tracking_config, "zero-shot-eval", config_dict=CONFIG_DICT, **RUN_KWARGS) as run:
         run.log_params({"eval.aupro_variant": "mvtec", "eval.fpr_limit": 0.3})
         with pytest.raises(ValueError, match="allow-list"):
-            run.log_params({"data.root": "x"})
+            run.log_params({"data.test": "x"})
         with pytest.raises(TypeError):
             run.log_params({"eval.metric": object()})
     assert not run.offline and not run.spool_path.exists(), "the spool is removed after a good run"
@@ -41,11 +41,13 @@ def test_run_has_tags_allowed_params_and_config_artifact(tracking_config: Tracki
     assert len(tags["config_hash"]) == 64 and tags["phi_guard"] == "on"
     assert tags["mlflow.runName"] == f"anomalyclip-brainmri-{tags['config_hash'][:8]}"
     params = logged.data.params
-    assert params["method.features"] == "[6, 12, 18, 24]" and params["eval.aupro_variant"] == "mvtec"
-    assert not any("root" in k or "optimizer_obj" in k or k.startswith("logging") for k in params)
+    assert params["method_config.features"] == "[6, 12, 18, 24]" and params["eval.aupro_variant"] == "mvtec"
+    assert params["data.ct_window"] == "[40.0, 80.0]"
+    assert not any(k in params for k in ("data.test", "backbone.weights_path", "train.optimizer_obj"))
+    assert not any(k.startswith("logging") for k in params)
 
     resolved = yaml.safe_load(Path(client.download_artifacts(run.run_id, "config/resolved.yaml")).read_text())
-    assert resolved["data"]["root"] == "<redacted>" and resolved["method"]["depth"] == 9
+    assert resolved["data"]["test"] == ["<redacted>"] and resolved["method_config"]["depth"] == 9
     # Artifacts land in the configured local folder, not in ./mlruns.
     assert logged.info.artifact_uri.startswith((tracking_config.artifact_location / "zero-shot-eval").as_uri())
 
@@ -130,11 +132,17 @@ def test_review_panel_worst_cases_overlays_and_index(tracking_config: TrackingCo
     assert sum("false_positives" in a for a in images) == 1 and sum("false_negatives" in a for a in images) == 1
 
     index = json.loads(Path(client.download_artifacts(run.run_id, "review/brainmri/index.json")).read_text())
-    assert index["columns"] == ["sample_id", "category", "score", "label", "decision", "outcome", "overlay"]
+    columns = ["sample_id", "category", "volume_id", "slice", "score", "label", "decision", "outcome", "overlay"]
+    assert index["columns"] == columns
     rows = {row[0]: row for row in index["data"]}
-    assert rows[samples[0].sample_id][4:6] == [1, "FP"]
-    assert rows[samples[1].sample_id][4:6] == [0, "FN"]
-    assert all(row[6] in overlays for row in index["data"])
+    assert rows[samples[0].sample_id][6:8] == [1, "FP"]
+    assert rows[samples[1].sample_id][6:8] == [0, "FN"]
+    assert all(row[8] in overlays for row in index["data"])
+    # The review page: one self-contained file, the false positive first in its worklist.
+    assert summary.page_file == "review/brainmri/review.html" and summary.page_file in artifacts
+    page = Path(client.download_artifacts(run.run_id, summary.page_file)).read_text()
+    assert "<script" in page and "http://" not in page and "https://" not in page, "no external resource"
+    assert page.index(samples[0].sample_id) < page.index(samples[1].sample_id) < page.index(samples[2].sample_id)
     logged_tables = json.loads(client.get_run(run.run_id).data.tags["mlflow.loggedArtifacts"])
     assert {"path": "review/brainmri/index.json", "type": "table"} in logged_tables
 
