@@ -100,6 +100,9 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     return predict_paths(method, inputs, output_dir, device, transform, config.eval.batch_size, config.eval.precision)
 
 
+# The image-score threshold the review calls a case abnormal at, until calibration provides one.
+REVIEW_IMAGE_THRESHOLD = 0.5
+
 # -- test ------------------------------------------------------------------------------------------
 
 
@@ -244,10 +247,27 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
         run.log_review(
             review,
             result.name,
-            image_threshold=0.5,
+            image_threshold=REVIEW_IMAGE_THRESHOLD,
             pixel_threshold=config.eval.dice_threshold,
             panel_size=config.tracking.review_panel_size,
+            page_limit=config.tracking.page_limit,
+            threshold_origin=(
+                f"image score {REVIEW_IMAGE_THRESHOLD:g} (fixed, not calibrated); "
+                f"map {config.eval.dice_threshold:g} (eval.dice_threshold)"
+            ),
+            context={"method": config.method, "backbone": config.backbone.model_name},
         )
+        _log_volume_figures(run, review, result.name)
+
+
+def _log_volume_figures(run: Any, review: Sequence[Any], dataset: str) -> None:
+    """One slice-mosaic figure per labelled volume among the review copies (every lesion slice)."""
+    by_volume: dict[str, list[Any]] = {}
+    for sample in review:
+        if sample.volume_id is not None and sample.mask is not None:
+            by_volume.setdefault(sample.volume_id, []).append(sample)
+    for volume_id, slices in by_volume.items():
+        run.log_volume_slices(sorted(slices, key=lambda s: s.slice_index or 0), volume_id, dataset_name=dataset)
 
 
 def _aupro_name(config: RunConfig) -> str:

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -31,7 +32,7 @@ from medzsad.tracking.params import config_hash, is_allowed_key, param_value, se
 from medzsad.tracking.phi import PHIError, guard_mapping, phi_guard, scrub_tree
 from medzsad.tracking.review import ReviewSelector, ReviewSummary, checked_id
 from medzsad.tracking.spool import Spool, find_spools
-from medzsad.viz.render import Curve, CurveKind, MapScale, curve_figure, render_tile, render_volume
+from medzsad.viz.render import Curve, CurveKind, MapScale, _resize_float, curve_figure, render_tile, render_volume
 from medzsad.viz.review_page import DEFAULT_PAGE_LIMIT, PageDecision, review_page
 from medzsad.viz.sample import ReviewSample
 
@@ -218,21 +219,26 @@ class TrackedRun:
         ``{"brain_mri": {"image_auroc": 0.9}, "mean": {"image_auroc": 0.9}}`` gives the metrics
         ``brain_mri/image_auroc`` and ``image_auroc``, plus a sortable table ``eval/metrics.json``
         with one row per category and step.
+
+        Values are rounded to :data:`METRIC_DIGITS` significant digits (more is noise for a metric
+        over a test set). The table's columns carry the same names as the metric list
+        (:func:`mlflow_metric_key`), and its cells are fixed-point text (``"0.9120"``, ``"0.0000"``):
+        MLflow's table view sorts cells as text and leaves a numeric 0 empty.
         """
         flat: dict[str, float] = {}
         for category, values in metrics.items():
             for name, value in values.items():
-                flat[name if category == "mean" else f"{category}/{name}"] = value
+                flat[name if category == "mean" else f"{category}/{name}"] = _round(value)
         self.log_metrics(flat, step=step)
         names = sorted({name for values in metrics.values() for name in values})
         columns: dict[str, list[Any]] = {"category": [], "step": []}
-        columns.update({name: [] for name in names})
+        columns.update({mlflow_metric_key(name): [] for name in names})
         for category, values in metrics.items():
             columns["category"].append(category)
             columns["step"].append(int(step))
             for name in names:
                 value = values.get(name)
-                columns[name].append(None if value is None else float(value))
+                columns[mlflow_metric_key(name)].append(None if value is None else f"{float(value):.4f}")
         self._log_table(columns, "eval/metrics.json")
 
     def log_curves(
@@ -425,6 +431,7 @@ class TrackedRun:
         scale: MapScale | None = None,
         burned_in_text: bool = False,
         max_slices: int = 24,
+        window: str | None = None,
     ) -> str:
         """Log a figure tiling the slices ([slices, H, W]) of a volume with map and ground truth.
 
@@ -440,13 +447,45 @@ class TrackedRun:
         dataset = _safe_name(dataset_name, "dataset name")
         sample_id = _safe_name(sample_id, "sample_id")
         scale = scale or self._scales.get(dataset) or MapScale.from_maps([volume_map])
+        phi_guard(window, "volume window")
         figure = render_volume(
-            volume_image, np.asarray(volume_map), volume_mask, scale, f"{sample_id}", max_slices=max_slices
+            volume_image, np.asarray(volume_map), volume_mask, scale, sample_id, max_slices=max_slices, window=window
         )
         relative = f"volumes/{dataset}/{sample_id}.png"
         _save_png(figure, self.spool.stage(relative))
         self._log_file(relative)
         return relative
+
+    def log_volume_slices(self, slices: Iterable[ReviewSample], volume_id: str, *, dataset_name: str) -> str:
+        """:meth:`log_volume_figure` of a volume given as its review slices (same size, one volume):
+        stacked in slice order, shown in the display window the data layer used (``intensity``)."""
+        ordered = sorted(slices, key=lambda s: s.slice_index or 0)
+        if not ordered:
+            raise ValueError(f"volume {volume_id!r}: no slices")
+        side = ordered[0].image.shape[:2]
+        maps = [_resize_float(s.anomaly_map, (side[1], side[0])) for s in ordered]
+        masks = None
+        if all(s.mask is not None for s in ordered):
+            masks = np.stack([np.asarray(s.mask, dtype=bool) for s in ordered])
+        gray = np.stack([np.asarray(s.image)[..., 0] if np.asarray(s.image).ndim == 3 else s.image for s in ordered])
+        return self.log_volume_figure(
+            gray,
+            np.stack(maps),
+            masks,
+            volume_id,
+            dataset_name=dataset_name,
+            burned_in_text=any(s.burned_in_text for s in ordered),
+            window=ordered[0].intensity,
+        )
+
+
+#: Significant digits of logged evaluation metrics.
+METRIC_DIGITS = 4
+
+
+def _round(value: float) -> float:
+    value = float(value)
+    return float(f"{value:.{METRIC_DIGITS}g}") if math.isfinite(value) else value
 
 
 def _outcome(label: int, decision: int) -> str:

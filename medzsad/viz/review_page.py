@@ -31,7 +31,7 @@ from importlib import resources
 import numpy as np
 
 from medzsad.data.transforms import CT_WINDOWS
-from medzsad.viz.render import MapScale, _lut
+from medzsad.viz.render import MapScale, _lut, _resize_float, _resize_mask
 from medzsad.viz.sample import ReviewSample
 
 __all__ = ["DEFAULT_PAGE_LIMIT", "PageDecision", "ReviewPage", "review_page"]
@@ -85,26 +85,15 @@ def _gray(image: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(image).astype(np.uint8), True
 
 
-def _fit(array: np.ndarray, shape: tuple[int, int], nearest: bool) -> np.ndarray:
-    """``array`` resized to ``shape`` ([H, W]); maps bilinear, masks nearest (Pillow)."""
-    from PIL import Image
-
-    if array.shape[:2] == shape:
-        return array
-    if nearest:
-        img = Image.fromarray(np.asarray(array, dtype=np.uint8) * 255)
-        return np.asarray(img.resize((shape[1], shape[0]), Image.NEAREST)) > 127
-    img = Image.fromarray(np.asarray(array, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((shape[1], shape[0]), Image.BILINEAR))
-
-
 def _slice_payload(sample: ReviewSample, scale: MapScale, pixel_threshold: float) -> dict:
     """One slice as the page stores it: numbers for the worklist plus a base64 zlib pixel blob."""
     pixels, is_rgb = _gray(sample.image)
     shape = pixels.shape[:2]
-    amap = _fit(np.asarray(sample.anomaly_map, dtype=np.float32), shape, nearest=False)
+    amap = np.asarray(sample.anomaly_map, dtype=np.float32)
+    amap = amap if amap.shape == shape else _resize_float(amap, (shape[1], shape[0]))
     codes = np.round(scale.normalize(amap) * 255).astype(np.uint8)
-    mask = None if sample.mask is None else _fit(np.asarray(sample.mask, dtype=bool), shape, nearest=True)
+    mask = None if sample.mask is None else np.asarray(sample.mask, dtype=bool)
+    mask = mask if mask is None or mask.shape == shape else _resize_mask(mask, (shape[1], shape[0]))
     planes = [pixels.tobytes(), codes.tobytes()] + ([] if mask is None else [mask.astype(np.uint8).tobytes()])
     blob = base64.b64encode(zlib.compress(b"".join(planes), 6)).decode("ascii")
     dice: float | None = None

@@ -20,7 +20,7 @@ from medzsad.tracking import (
     tracked_run,
 )
 
-from .helpers import CONFIG_DICT, RUN_KWARGS, all_artifacts, make_samples
+from .helpers import CONFIG_DICT, RUN_KWARGS, all_artifacts, make_samples, make_volume
 
 
 def test_run_has_tags_allowed_params_and_config_artifact(tracking_config: TrackingConfig, client) -> None:
@@ -82,6 +82,17 @@ def test_training_curves_eval_metrics_and_curve_figures(tracking_config: Trackin
     table = json.loads(Path(client.download_artifacts(run.run_id, "eval/metrics.json")).read_text())
     assert table["columns"][:2] == ["category", "step"]
     assert [row[0] for row in table["data"]] == ["brain", "head", "mean"]
+    assert table["data"][0][2:] == ["0.9100", "0.7000"], "fixed-point text: sorts right, shows 0"
+
+
+def test_eval_metrics_are_rounded_and_named_as_in_the_table(tracking_config: TrackingConfig, client) -> None:
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        run.log_eval({"mean": {"image_auroc": 0.912345678901234, "pixel_aupro@0.3[mvtec-exact]": 0.0, "dice@0.5": 0}})
+    metrics = client.get_run(run.run_id).data.metrics
+    assert metrics["image_auroc"] == 0.9123 and metrics["pixel_aupro_0.3_mvtec-exact"] == 0.0
+    table = json.loads(Path(client.download_artifacts(run.run_id, "eval/metrics.json")).read_text())
+    assert set(table["columns"][2:]) <= set(metrics), "the table's column names are the metric names"
+    assert "0.0000" in table["data"][0]
 
 
 def test_checkpoint_round_trip_through_a_run_id(tracking_config: TrackingConfig, tmp_path: Path) -> None:
@@ -220,6 +231,17 @@ def test_volume_figure_is_logged(tracking_config: TrackingConfig, client) -> Non
         path = run.log_volume_figure(volume, vmap, mask, "vol-001", dataset_name="brainmri")
     assert path == "volumes/brainmri/vol-001.png"
     assert path in all_artifacts(client, run.run_id)
+
+
+def test_volume_slices_give_one_figure_with_every_lesion_slice(tracking_config: TrackingConfig, client) -> None:
+    slices = make_volume(depth=30)  # nodule on slices 4-9, more slices than the figure's 24
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        path = run.log_volume_slices(reversed(slices), "vol-7f3a", dataset_name="lungct")
+    assert path == "volumes/lungct/vol-7f3a.png" and path in all_artifacts(client, run.run_id)
+    from PIL import Image
+
+    figure = np.asarray(Image.open(client.download_artifacts(run.run_id, path)))
+    assert figure.shape[0] > 5 * 96 and figure.shape[1] >= 5 * 96, "a 5x5 grid: 24 slices and the extra lesion one"
 
 
 def test_failed_block_marks_the_run_failed(tracking_config: TrackingConfig, client) -> None:

@@ -21,7 +21,7 @@ import pytest
 from medzsad.tracking import Curve, TrackingConfig, serve_ui, tracked_run
 
 from .conftest import ARTIFACTS_DIR
-from .helpers import CONFIG_DICT, RUN_KWARGS, make_samples, make_volume
+from .helpers import CONFIG_DICT, RUN_KWARGS, make_brain, make_volume
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -103,7 +103,7 @@ return Array.from(document.images)
 
 
 def _review_samples() -> list:
-    samples = make_samples(10, size=96)
+    samples = make_brain(10)
     # Scores above 1 make a text sort ("12.5" < "3.25") differ from a numeric one.
     samples[3] = dataclasses.replace(samples[3], score=12.5)
     samples[5] = dataclasses.replace(samples[5], score=3.25)
@@ -187,7 +187,7 @@ def test_review_page_in_the_mlflow_ui(browser, store_dir: Path, tracking_config:
 
         # The review page, from the run's Artifacts tab, in MLflow's sandboxed HTML frame.
         run_page = f"{server.url}/#/experiments/{experiment.experiment_id}/runs/{run.run_id}"
-        driver.get(f"{run_page}/artifacts/{summary.page_file}")
+        driver.get(f"{run_page}/artifacts/{summary.page_file}?workflowType=machine_learning")
         frame = _wait(
             driver, lambda d: d.find_elements(By.CSS_SELECTOR, "iframe.mlflow-html-iframe"), "the HTML frame"
         )[0]

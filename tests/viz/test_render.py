@@ -80,13 +80,32 @@ def test_volume_figure_tiles_slices_and_keeps_the_lesion_slice() -> None:
     vmap[17, 5:10, 5:10] = 0.8
     mask = np.zeros((40, 24, 24), dtype=bool)
     mask[17, 4:11, 4:11] = True
-    figure = render_volume(volume, vmap, mask, MapScale(0.0, 1.0), "vol-1", max_slices=9, side=48)
-    assert figure.shape == (18 + 3 * 50, 3 * 50, 3)
+    figure = render_volume(
+        volume, vmap, mask, MapScale(0.0, 1.0), "vol-1", max_slices=9, side=48, window="window 40/80"
+    )
+    assert figure.shape == (18 + 3 * 50 + 34, 3 * 50, 3), "caption, 3x3 slices, colour bar"
+    bar = figure[-34:-22, 10:140].astype(int)
+    assert bar[:, -1].sum() > bar[:, 0].sum() + 300, "the colour bar runs dark to bright"
 
     from medzsad.viz.render import pick_slices
 
     chosen = pick_slices(vmap, mask, 9)
     assert 17 in chosen and len(chosen) == 9
+    # A nodule over slices 31-35 of a long volume: every lesion slice is shown.
+    mask[31:36, 10:12, 10:12] = True
+    chosen = pick_slices(vmap, mask, 4)
+    assert {17, 31, 32, 33, 34, 35} <= set(chosen)
+
+
+def test_heat_over_leaves_low_scores_grey() -> None:
+    from medzsad.viz.render import heat_over
+
+    gray = np.full((8, 8, 3), 120, dtype=np.uint8)
+    amap = np.zeros((8, 8), dtype=np.float32)
+    amap[:4] = 1.0
+    out = heat_over(gray, amap, MapScale(0.0, 1.0))
+    assert np.array_equal(out[4:], gray[4:]), "a low score does not tint the anatomy"
+    assert not np.array_equal(out[:4], gray[:4])
 
 
 def test_curve_figure_has_one_line_per_category() -> None:
