@@ -233,6 +233,7 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
     metrics = {category: dict(values.values) for category, values in report.per_category.items()}
     metrics["mean"] = dict(report.macro_mean.values)
     run.log_eval(metrics)
+    run.log_dataset(result.name, *_dataset_identity(result))
     if result.accumulator is not None:
         _log_curves(run, result.accumulator.curves(), report.per_category, _aupro_name(config))
     review = result.review
@@ -258,6 +259,24 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
             context={"method": config.method, "backbone": config.backbone.model_name},
         )
         _log_volume_figures(run, review, result.name)
+
+
+def _dataset_identity(result: DatasetEvaluation) -> tuple[str, dict[str, int]]:
+    """A digest of the evaluated samples (sorted pseudonymous ids and labels: changes when the data
+    does, names no file) and their counts."""
+    digest = hashlib.sha256()
+    for sample_id, label in sorted((s.sample_id, s.label) for s in result.samples):
+        digest.update(f"{sample_id}:{label}\n".encode())
+    labels = [s.label for s in result.samples]
+    volumes = {s.volume_id for s in result.samples if s.volume_id is not None}
+    profile = {
+        "samples": len(labels),
+        "anomalous": sum(1 for label in labels if label == 1),
+        "normal": sum(1 for label in labels if label == 0),
+        "categories": len({s.category for s in result.samples}),
+        "volumes": len(volumes),
+    }
+    return digest.hexdigest()[:16], profile
 
 
 def _log_volume_figures(run: Any, review: Sequence[Any], dataset: str) -> None:

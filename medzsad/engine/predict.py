@@ -36,7 +36,8 @@ from medzsad.data.volumes import predict_volume, read_volume, write_nifti
 from medzsad.engine import distributed
 from medzsad.methods.base import ZsadMethod
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
-from medzsad.viz import MapScale, display_images, heat_rgb
+from medzsad.viz import MapScale, display_images
+from medzsad.viz.render import render_overlay
 
 VOLUME_FORMATS = {"nifti", "nrrd", "itk", "dicom_series"}
 OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image
@@ -135,7 +136,9 @@ class Predictor:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, anomaly_map=full, score=np.float32(score))
         atomic_write_bytes(self.output_dir / "maps" / f"{sample.sample_id}.npz", buffer.getvalue())
-        atomic_write_bytes(self.output_dir / "overlays" / f"{sample.sample_id}.png", overlay_png(image, full))
+        caption = f"{sample.sample_id} | score {score:.3g} | {sample.meta.get('intensity', 'as stored')}"
+        overlay = overlay_png(image, full, caption)
+        atomic_write_bytes(self.output_dir / "overlays" / f"{sample.sample_id}.png", overlay)
         self.rows.append(f"{sample.sample_id},image,{score:.8g},{height},{width},,")
         self.index_rows.append(f"{sample.sample_id},{_quote(str(source))}")
 
@@ -170,14 +173,11 @@ def _quote(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> bytes:
-    """PNG bytes: the heat map (fixed [0, 1] scale) blended over the image, at the map's resolution."""
-    height, width = anomaly_map.shape
-    base = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR), dtype=np.float32)
-    heat = heat_rgb(anomaly_map, OVERLAY_SCALE).astype(np.float32)
-    blended = ((1 - alpha) * base + alpha * heat).round().clip(0, 255).astype(np.uint8)
+def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, caption: str = "") -> bytes:
+    """PNG bytes: the heat map (fixed [0, 1] scale) over the image at the map's resolution, the
+    caption (id, score, display window) above and a colour bar with numbers beneath."""
     buffer = io.BytesIO()
-    Image.fromarray(blended).save(buffer, format="PNG")
+    Image.fromarray(render_overlay(image, anomaly_map, OVERLAY_SCALE, caption)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -11,6 +11,7 @@ from medzsad.tracking.review import ReviewSummary
 from medzsad.tracking.run import (
     CheckpointFiles,
     TrackedRun,
+    load_checkpoint_from_model,
     load_checkpoint_from_run,
     tracked_run,
     upload_spool,
@@ -33,6 +34,7 @@ __all__ = [
     "clear_forbidden",
     "config_hash",
     "find_phi",
+    "load_checkpoint_from_model",
     "load_checkpoint_from_run",
     "phi_guard",
     "register_forbidden",

@@ -36,7 +36,14 @@ from medzsad.viz.render import Curve, CurveKind, MapScale, _resize_float, curve_
 from medzsad.viz.review_page import DEFAULT_PAGE_LIMIT, PageDecision, review_page
 from medzsad.viz.sample import ReviewSample
 
-__all__ = ["CheckpointFiles", "TrackedRun", "load_checkpoint_from_run", "tracked_run", "upload_spool"]
+__all__ = [
+    "CheckpointFiles",
+    "TrackedRun",
+    "load_checkpoint_from_model",
+    "load_checkpoint_from_run",
+    "tracked_run",
+    "upload_spool",
+]
 
 logger = logging.getLogger("medzsad.tracking")
 
@@ -267,6 +274,14 @@ class TrackedRun:
         self._log_file(relative)
         return relative
 
+    def log_dataset(self, name: str, digest: str, profile: Mapping[str, int | float], context: str = "evaluation"):
+        """Log a dataset as an MLflow dataset input: ``name``, a content ``digest`` (e.g. of the
+        sorted pseudonymous sample ids and labels) and ``profile`` counts (samples, anomalous...).
+        Nothing here may be a path: every string goes through the PHI guard."""
+        _safe_name(name, "dataset name")
+        guard_mapping({"digest": digest, "context": context, **{str(k): str(v) for k, v in profile.items()}}, "dataset")
+        self._emit({"op": "dataset", "name": name, "digest": digest[:36], "profile": dict(profile), "context": context})
+
     def log_checkpoint(self, weights_path: str | Path, metadata_path: str | Path) -> None:
         """Log the prompt checkpoint as ``checkpoint/weights.safetensors`` + ``checkpoint/metadata.json``.
 
@@ -285,6 +300,10 @@ class TrackedRun:
         shutil.copyfile(metadata_path, self.spool.stage("checkpoint/metadata.json"))
         self._emit({"op": "artifacts", "dir": "checkpoint", "artifact_path": "checkpoint"})
         self.set_tags({"checkpoint_sha256": digest.hexdigest()})
+        # The same files as an MLflow 3 logged model: listed on the Models tab, loadable by model id.
+        name = _safe_name(str(metadata.get("method", "checkpoint")), "model name")
+        tags = {"checkpoint_sha256": digest.hexdigest()}
+        self._emit({"op": "logged_model", "dir": "checkpoint", "name": name, "tags": tags})
 
     def log_review(
         self,
@@ -414,9 +433,10 @@ class TrackedRun:
         sample: ReviewSample, scale: MapScale, pixel_threshold: float, selector: ReviewSelector, side: int
     ) -> np.ndarray:
         decision = selector.decision(sample.score)
+        label = "abnormal" if int(sample.label) else "normal"
         caption = (
-            f"{sample.sample_id} | {sample.category} | label {int(sample.label)} | "
-            f"score {sample.score:.4g} | {_outcome(int(sample.label), decision)}"
+            f"{sample.sample_id} | {sample.category} | {label} | score {sample.score:.3g} "
+            f"(threshold {selector.image_threshold:.3g}) | {_outcome(int(sample.label), decision)}"
         )
         return render_tile(sample.image, sample.anomaly_map, sample.mask, scale, pixel_threshold, caption, side=side)
 
@@ -649,6 +669,20 @@ def _supersede(backend: MlflowBackend, partial_run_id: str, run_id: str) -> None
     with contextlib.suppress(Exception):  # it may be gone or in another store: not worth failing for
         backend.apply(partial_run_id, {"op": "tags", "tags": {"superseded_by": run_id}}, Path("."))
         backend.end_run(partial_run_id, "FAILED")
+
+
+def load_checkpoint_from_model(
+    model_id: str, config: TrackingConfig | None = None, dst_dir: str | Path | None = None
+) -> CheckpointFiles:
+    """Download the prompt checkpoint logged as an MLflow logged model (``m-…``; a run's
+    ``checkpoint_model_id`` tag names it); the engine turns the files into a model."""
+    config = config or TrackingConfig()
+    target = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="medzsad-checkpoint-"))
+    folder = MlflowBackend(config).download_model(model_id, target)
+    files = CheckpointFiles(folder / "weights.safetensors", folder / "metadata.json")
+    if not (files.weights.exists() and files.metadata.exists()):
+        raise FileNotFoundError(f"logged model {model_id} has no weights.safetensors + metadata.json")
+    return files
 
 
 def load_checkpoint_from_run(

@@ -28,6 +28,7 @@ __all__ = [
     "labelled_colour_bar",
     "mask_contour",
     "pick_slices",
+    "render_overlay",
     "render_tile",
     "render_volume",
 ]
@@ -187,14 +188,14 @@ def render_tile(
     cmap: str = "inferno",
     columns: int = 2,
 ) -> np.ndarray:
-    """Four captioned panels: image, ground-truth contour, heat map, prediction.
+    """Four captioned panels: image, ground-truth contour, heat map over the anatomy, prediction.
 
     With the default two columns the tile is about square, which the MLflow image chart shows
     larger than a wide strip; ``columns=4`` puts the panels side by side.
 
-    The heat map uses the dataset's shared ``scale`` and has the scale's colour bar beneath it,
-    with a tick at ``pixel_threshold``; the prediction panel fills ``map >= pixel_threshold`` in
-    red and draws the ground truth in green.
+    The heat map is laid over the image (:func:`heat_over`) on the dataset's shared ``scale``,
+    whose colour bar, with numbers and a tick at ``pixel_threshold``, runs beneath the tile; the
+    prediction panel fills ``map >= pixel_threshold`` in red and outlines the ground truth in green.
     """
     rgb = _as_rgb(image)
     size = _panel_size(rgb.shape, side)
@@ -206,7 +207,10 @@ def render_tile(
     gt_panel = img if contour is None else _paint(img, contour, _GT_COLOUR, 1.0)
     gt_text = "no mask" if gt is None else "ground truth" if gt.any() else "ground truth: empty"
     gt_panel = _label(gt_panel, gt_text)
-    heat = _label(heat_rgb(amap, scale, cmap), f"map [{scale.vmin:.3g}, {scale.vmax:.3g}]")
+    heat = heat_over(img, amap, scale, cmap=cmap)
+    if contour is not None:
+        heat = _paint(heat, contour, _GT_COLOUR, 1.0)
+    heat = _label(heat, "heat map")
     pred = _paint(img, amap >= pixel_threshold, _PRED_COLOUR, 0.45)
     if contour is not None:
         pred = _paint(pred, contour, _GT_COLOUR, 1.0)
@@ -215,14 +219,32 @@ def render_tile(
 
     width, height = size
     rows = -(-len(panels) // columns)
-    canvas = np.zeros((_CAPTION_H + rows * (height + 2) + _BAR_H, columns * (width + 2) - 2, 3), dtype=np.uint8)
+    full = columns * (width + 2) - 2
+    bar = labelled_colour_bar(full, scale, pixel_threshold, cmap)
+    canvas = np.zeros((_CAPTION_H + rows * (height + 2) + bar.shape[0], full, 3), dtype=np.uint8)
     for i, panel in enumerate(panels):
         row, col = divmod(i, columns)
         y, x = _CAPTION_H + row * (height + 2), col * (width + 2)
         canvas[y : y + height, x : x + width] = panel
-    # The colour bar sits at the bottom, in the heat map's column.
-    bar_x = (2 % columns) * (width + 2)
-    canvas[-_BAR_H:, bar_x : bar_x + width] = _colour_bar(width, scale, pixel_threshold, cmap)
+    canvas[-bar.shape[0] :] = bar
+    out = Image.fromarray(canvas)
+    ImageDraw.Draw(out).text((4, 3), caption, fill=(255, 255, 255), font=_font(12))
+    return np.asarray(out)
+
+
+def render_overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, scale: MapScale, caption: str, cmap: str = "inferno"
+) -> np.ndarray:
+    """One image with its heat map laid over it (:func:`heat_over`) at the map's resolution
+    ([H, W] float32 map, uint8 image of any size), a caption strip above (score, window) and a
+    colour bar with numbers beneath: RGB uint8 [caption + H + bar, W, 3]."""
+    height, width = anomaly_map.shape
+    base = _resize_rgb(_as_rgb(image), (width, height))
+    body = heat_over(base, np.asarray(anomaly_map, dtype=np.float32), scale, cmap=cmap)
+    bar = labelled_colour_bar(max(width, 160), scale, None, cmap)
+    canvas = np.zeros((_CAPTION_H + height + bar.shape[0], max(width, bar.shape[1]), 3), dtype=np.uint8)
+    canvas[_CAPTION_H : _CAPTION_H + height, :width] = body
+    canvas[-bar.shape[0] :, : bar.shape[1]] = bar
     out = Image.fromarray(canvas)
     ImageDraw.Draw(out).text((4, 3), caption, fill=(255, 255, 255), font=_font(12))
     return np.asarray(out)

@@ -16,6 +16,7 @@ from medzsad.tracking import (
     PHIError,
     ReviewSample,
     TrackingConfig,
+    load_checkpoint_from_model,
     load_checkpoint_from_run,
     tracked_run,
 )
@@ -95,6 +96,17 @@ def test_eval_metrics_are_rounded_and_named_as_in_the_table(tracking_config: Tra
     assert "0.0000" in table["data"][0]
 
 
+def test_evaluated_dataset_is_a_dataset_input(tracking_config: TrackingConfig, client) -> None:
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        run.log_dataset("brainmri", "3f1c0e9d2a7b4c55", {"samples": 12, "anomalous": 6, "normal": 6})
+        with pytest.raises(PHIError):
+            run.log_dataset("brainmri", "3f1c", {"source": "/data/hospital/brain"})
+    (found,) = client.get_run(run.run_id).inputs.dataset_inputs
+    assert found.dataset.name == "brainmri" and found.dataset.digest == "3f1c0e9d2a7b4c55"
+    assert json.loads(found.dataset.profile) == {"samples": 12, "anomalous": 6, "normal": 6}
+    assert "/" not in found.dataset.source and found.tags[0].value == "evaluation"
+
+
 def test_checkpoint_round_trip_through_a_run_id(tracking_config: TrackingConfig, tmp_path: Path) -> None:
     from safetensors.numpy import save_file
 
@@ -108,6 +120,15 @@ def test_checkpoint_round_trip_through_a_run_id(tracking_config: TrackingConfig,
     files = load_checkpoint_from_run(run.run_id, tracking_config, tmp_path / "restored")
     assert files.weights.read_bytes() == weights.read_bytes()
     assert json.loads(files.metadata.read_text())["backbone"] == "ViT-L-14-336"
+    # The same checkpoint is an MLflow 3 logged model of the run, loadable by its model id.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_config.tracking_uri)
+    model_id = client.get_run(run.run_id).data.tags["checkpoint_model_id"]
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == run.run_id and model.name == "anomalyclip" and str(model.status) == "READY"
+    by_model = load_checkpoint_from_model(model_id, tracking_config, tmp_path / "by-model")
+    assert by_model.weights.read_bytes() == weights.read_bytes()
 
     # Metadata naming a source path is refused before anything is uploaded.
     metadata.write_text(json.dumps({"trained_on": "/data/hospital/brain"}))

@@ -171,7 +171,7 @@ def test_review_page_in_the_mlflow_ui(browser, store_dir: Path, tracking_config:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    with serve_ui(store_dir, port=_free_port(), timeout_s=WAIT_S) as server:
+    with serve_ui(store_dir, port=_free_port(), timeout_s=3 * WAIT_S) as server:
         driver = browser
         # Same-origin page first, to keep MLflow's assistant panel from covering the run page.
         driver.get(f"{server.url}/health")

@@ -53,17 +53,21 @@ def test_tile_has_four_panels_caption_and_colour_bar() -> None:
     mask = np.zeros((40, 80), dtype=bool)
     mask[10:20, 20:40] = True
     strip = render_tile(image, amap, mask, MapScale(0.0, 1.0), 0.5, "s1 | brain", side=128, columns=4)
-    assert strip.dtype == np.uint8 and strip.shape == (18 + 66 + 10, 4 * 130 - 2, 3)
+    assert strip.dtype == np.uint8 and strip.shape == (18 + 66 + 34, 4 * 130 - 2, 3)
     # Prediction panel (4th) has red where the map passes the threshold.
     pred = strip[18 + 20 : 18 + 28, 3 * 130 + 36 : 3 * 130 + 60]
     assert pred[..., 0].mean() > pred[..., 1].mean() + 40
 
     square = render_tile(image, amap, mask, MapScale(0.0, 1.0), 0.5, "s1 | brain", side=128)
-    assert square.shape == (18 + 2 * 66 + 10, 2 * 130 - 2, 3)
+    assert square.shape == (18 + 2 * 66 + 34, 2 * 130 - 2, 3)
     pred = square[18 + 66 + 20 : 18 + 66 + 28, 130 + 36 : 130 + 60]
     assert pred[..., 0].mean() > pred[..., 1].mean() + 40
-    bar = square[-10:, :128].astype(int)
-    assert bar[5, -1].sum() > bar[5, 0].sum() + 300, "the colour bar runs dark to bright under the heat map"
+    bar = square[-32:-20, 10:248].astype(int)
+    assert bar[5, -1].sum() > bar[5, 0].sum() + 300, "the colour bar runs dark to bright beneath the tile"
+    heat = square[18 + 66 + 20 : 18 + 66 + 28, 36:60].astype(int)  # heat panel (3rd) over the hot region
+    calm = square[18 + 66 + 40 : 18 + 66 + 60, 70:120].astype(int)
+    assert np.abs(calm - 100).max() <= 1, "low scores leave the anatomy grey"
+    assert np.abs(heat - 100).mean() > 40, "high scores are coloured over the anatomy"
 
 
 def test_tile_accepts_grayscale_and_rejects_float_images() -> None:
@@ -116,3 +120,17 @@ def test_curve_figure_has_one_line_per_category() -> None:
     assert labels[:2] == ["brain (0.810)", "head"]
     with pytest.raises(ValueError):
         curve_figure("det", {}, "x")  # type: ignore[arg-type]
+
+
+def test_overlay_has_caption_heat_over_anatomy_and_a_numbered_bar() -> None:
+    from medzsad.viz.render import render_overlay
+
+    image = np.full((60, 200), 90, dtype=np.uint8)
+    amap = np.zeros((60, 200), dtype=np.float32)
+    amap[20:40, 20:60] = 0.9
+    out = render_overlay(image, amap, MapScale(0.0, 1.0), "abc | score 0.9 | window 40/80")
+    assert out.shape == (18 + 60 + 34, 200, 3)
+    assert out[:18].max() > 200, "caption text"
+    assert np.abs(out[18 + 50, 150].astype(int) - 90).max() <= 1, "a low score leaves the pixel grey"
+    assert np.abs(out[18 + 30, 40].astype(int) - 90).max() > 60, "a high score is coloured"
+    assert out[-14:].max() > 200, "numbers under the colour bar"
