@@ -62,7 +62,7 @@ class TrackingConfig:
         review_panel_size: examples per dataset in the stepped image-card panel.
         review_limit: most samples per dataset whose downscaled copies the evaluation keeps for
             review (the review page embeds at most ``page_limit`` of them, worst errors first).
-        page_limit: most slices embedded in one review page (bounds its size: ~40-80 kB each).
+        page_limit: most slices embedded in one review page (bounds its size: up to ~85 kB each).
 
     It is the ``tracking`` section of :class:`~medzsad.engine.config.RunConfig`, so every field
     can be set from YAML or as ``tracking.<field>=...``.
@@ -80,7 +80,7 @@ class TrackingConfig:
     enabled: bool = True
     review_panel_size: int = 8
     review_limit: int = 512
-    page_limit: int = 400
+    page_limit: int = 200
 
     def __post_init__(self) -> None:
         if self.tracking_uri is None:  # YAML ``tracking_uri: null``: the default store

@@ -12,8 +12,9 @@ Maps are stored as 8-bit codes on the dataset's shared :class:`~medzsad.viz.rend
 1/255 of the scale, and colour means the same score on every case.
 
 The page holds at most ``limit`` slices (worst false positives, then worst false negatives, then
-the rest by score; a volume comes whole or not at all), and says so: a 256² slice costs about
-40-80 kB, so the default of 400 keeps a page near 25 MB at most.
+the rest by score; a volume comes whole or not at all), and says so. A 256² slice of the test's
+noisy phantoms costs 85 kB (23 kB at 128²; measured in docs/tracking.md), so the default of 200
+keeps a page under about 17 MB.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from medzsad.viz.sample import ReviewSample
 
 __all__ = ["DEFAULT_PAGE_LIMIT", "PageDecision", "ReviewPage", "review_page"]
 
-DEFAULT_PAGE_LIMIT = 400
+DEFAULT_PAGE_LIMIT = 200
 _WINDOW = re.compile(r"^window\s+(-?[\d.]+)/([\d.]+)$")
 
 
