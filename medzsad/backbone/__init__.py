@@ -4,8 +4,6 @@ from medzsad.utils.lazy import lazy_exports
 
 # Imported on first use, so importing one submodule (or the CLI) does not load torch.
 _EXPORTS = {
-    "CLIP_MEAN": "clip",
-    "CLIP_STD": "clip",
     "BackboneConfig": "config",
     "ClipBackbone": "clip",
     "default_device": "clip",

@@ -14,7 +14,6 @@ class BackboneConfig:
         pretrained: open_clip pretrained tag; ``None`` for random weights (tests, smoke runs).
         weights_path: local weight file, overrides ``pretrained``.
         offline: never use the network; fail fast when weights are not cached.
-        image_size: side of the square model input in pixels (518 in all three papers).
         seed: seed for random weights.
     """
 
@@ -22,5 +21,4 @@ class BackboneConfig:
     pretrained: str | None = "openai"
     weights_path: str | None = None
     offline: bool = False
-    image_size: int = 518
     seed: int = 0

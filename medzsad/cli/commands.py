@@ -99,14 +99,13 @@ def _announce(config: RunConfig, folder: Path, start: float) -> None:
     """The last lines of a command: what it wrote in ``folder`` since ``start``, the MLflow store and the
     command that opens it (rank 0 only under torchrun)."""
     from medzsad.engine import distributed
-    from medzsad.engine.jobs import tracking_config
 
     if not distributed.is_main():
         return
     written = changed_since(folder, start)
     print(f"wrote to {folder}: {', '.join(written) if written else 'nothing'}")
     if config.tracking.enabled:
-        tracking = tracking_config(config)
+        tracking = config.tracking
         print("\n".join(store_lines(tracking.tracking_uri, tracking.artifact_location)))
 
 
@@ -144,6 +143,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     server = serve_ui(Path(args.store), port=args.port, timeout_s=args.start_timeout or None)
     print(f"MLflow UI on {server.url} (loopback only); Ctrl-C to stop", flush=True)
+    for name, url in server.runs_urls(Path(args.store)).items():
+        print(f"  {name}: {url}")
+    print(f"  all experiments: {server.experiments_url()}", flush=True)
     # SIGTERM (kill, systemd, a test) stops the server the same way as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -161,9 +163,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def cmd_tracking(args: argparse.Namespace) -> int:
-    from medzsad.engine.jobs import tracking_config
     from medzsad.tracking import upload_spool
 
-    runs = upload_spool(Path(args.spool), tracking_config(_config(args)))
+    runs = upload_spool(Path(args.spool), _config(args).tracking)
     print(f"uploaded {len(runs)} run(s): {', '.join(runs)}")
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from medzsad.backbone.config import BackboneConfig
+from medzsad.tracking.config import TrackingConfig
 
 
 class ConfigError(ValueError):
@@ -126,28 +127,6 @@ class EvalConfig:
 
 
 @dataclass
-class TrackingSection:
-    """MLflow tracking (see ``medzsad.tracking``).
-
-    Attributes:
-        enabled: log runs to MLflow.
-        tracking_uri: MLflow tracking URI; ``None`` means ``sqlite:///<cwd>/mlflow.db``.
-        artifact_location: artifact folder for new experiments; ``None`` means ``<cwd>/mlartifacts``.
-        system_metrics: log CPU/GPU/memory usage.
-        deidentified: the user asserts the data is de-identified (allows overlays of scans flagged
-            with burned-in text).
-        review_panel_size: examples per dataset in the review panel.
-    """
-
-    enabled: bool = True
-    tracking_uri: str | None = None
-    artifact_location: str | None = None
-    system_metrics: bool = False
-    deidentified: bool = False
-    review_panel_size: int = 8
-
-
-@dataclass
 class RunConfig:
     """Everything a ``medzsad`` command needs.
 
@@ -156,7 +135,9 @@ class RunConfig:
         method_config: the method's options (validated against its config dataclass).
         checkpoint: a medzsad checkpoint (``.safetensors``/``.json``) or an official ``.pth``.
         backbone: which CLIP to build.
-        data, train, eval, tracking: the sections above.
+        data, train, eval: the sections above.
+        tracking: MLflow settings (:class:`medzsad.tracking.config.TrackingConfig`, a plain settings
+            dataclass: composing it here imports no MLflow).
         device: "auto", "cpu", "cuda", "cuda:1"...
     """
 
@@ -167,7 +148,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingSection = field(default_factory=TrackingSection)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from medzsad.backbone.clip import CLIP_MEAN, CLIP_STD
 from medzsad.data.records import Batch, SampleResult, collate_samples
 from medzsad.engine import distributed
 from medzsad.engine.config import EvalConfig
@@ -34,10 +33,10 @@ from medzsad.engine.inference import indexed, predict_batches
 from medzsad.engine.runtime import loader_workers
 from medzsad.methods.base import ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
-from medzsad.tracking.review import ReviewSample
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
 from medzsad.utils.progress import progress
 from medzsad.utils.tables import write_csv
+from medzsad.viz import ReviewSample, display_images
 
 __all__ = ["DatasetEvaluation", "SampleResult", "ShardResult", "evaluate", "evaluate_shard", "merge_shards"]
 
@@ -51,14 +50,6 @@ class DatasetEvaluation:
     samples: list[SampleResult]
     review: list[ReviewSample] = field(default_factory=list)
     accumulator: MetricAccumulator | None = None
-
-
-def display_images(images: torch.Tensor) -> np.ndarray:
-    """Undo the CLIP normalisation: ``[B,3,H,W]`` float -> ``[B,H,W,3]`` uint8."""
-    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
-    pixels = ((images.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: int) -> list[ReviewSample]:
@@ -78,6 +69,9 @@ def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: in
                 anomaly_map=small_maps[i, 0].numpy(),
                 mask=(small_masks[i, 0] > 0.5).numpy() if bool(batch.has_mask[i]) else None,
                 burned_in_text=bool(batch.meta[i].get("burned_in_text", False)),
+                volume_id=batch.volume_id[i],
+                slice_index=batch.slice_index[i],
+                intensity=batch.meta[i].get("intensity"),
             )
         )
     return samples

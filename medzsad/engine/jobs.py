@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from medzsad.data.datasets import FolderDataset, ManifestDataset
 from medzsad.data.transforms import ClipImageTransform, Intensity
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths, read_checkpoint_info
-from medzsad.engine.config import ConfigError, RunConfig
+from medzsad.engine.config import ConfigError, RunConfig, method_config_for
 from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
 from medzsad.engine.outputs import mlflow_run_line
 from medzsad.engine.predict import PredictSummary, predict_paths
@@ -30,8 +32,10 @@ from medzsad.engine.runtime import build_backbone, build_method
 from medzsad.engine.train import TrainResult, train
 from medzsad.methods.base import ZsadMethod
 from medzsad.metrics import MVTEC_EXACT, aupro_name, binned_variant
-from medzsad.tracking import Curve, Purpose, TrackingConfig, tracked_run
+from medzsad.tracking import Purpose, tracked_run
+from medzsad.tracking.params import param_value
 from medzsad.utils.files import atomic_write_text
+from medzsad.viz import Curve
 
 
 def make_transform(config: RunConfig, image_size: int) -> ClipImageTransform:
@@ -57,16 +61,6 @@ def folder_options(config: RunConfig) -> dict[str, Any]:
         return {"axis": data.slice_axis, "selection": selection, "user_transforms": user_transforms(data.transforms)}
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def tracking_config(config: RunConfig) -> TrackingConfig:
-    section = config.tracking
-    kwargs: dict[str, Any] = {"system_metrics": section.system_metrics, "deidentified": section.deidentified}
-    if section.tracking_uri:
-        kwargs["tracking_uri"] = section.tracking_uri
-    if section.artifact_location:
-        kwargs["artifact_location"] = Path(section.artifact_location)
-    return TrackingConfig(**kwargs)
 
 
 def _require_trained(method: ZsadMethod, config: RunConfig) -> None:
@@ -134,6 +128,9 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     )
 
 
+# The image-score threshold the review calls a case abnormal at, until calibration provides one.
+REVIEW_IMAGE_THRESHOLD = 0.5
+
 # -- test ------------------------------------------------------------------------------------------
 
 
@@ -146,6 +143,41 @@ def _run_tags(config: RunConfig, method: ZsadMethod) -> dict[str, str]:
     }
 
 
+# Data settings that change the pixels a method sees; the rest of ``data`` names files.
+_DATA_PARAMS = ("split", "pad_to_square", "ct_window", "mri_percentiles", "slice_axis")
+# Settings that change no number (where files go, how many loader processes).
+_NOT_PARAMS = {"output_dir", "num_workers", "resume", "save_maps", "weights_path", "offline"}
+
+
+def run_params(config: RunConfig, purpose: Purpose) -> dict[str, Any]:
+    """The settings that decide a run's numbers, from the typed config: the method and every field
+    of its validated config (defaults included), the backbone, the data/intensity settings, and the
+    ``train`` section for training runs or the ``eval`` section for evaluations."""
+    method_config = method_config_for(config)
+    params: dict[str, Any] = {"method": config.method}
+    params.update({f"method_config.{k}": _param(v) for k, v in dataclasses.asdict(method_config).items()})
+    sections = [("backbone", config.backbone), ("data", config.data)]
+    sections.append(
+        ("train", config.train) if purpose in (Purpose.AUX_TRAIN, Purpose.FINETUNE) else ("eval", config.eval)
+    )
+    for name, section in sections:
+        for key, value in dataclasses.asdict(section).items():
+            if key not in _NOT_PARAMS and (name != "data" or key in _DATA_PARAMS):
+                params[f"{name}.{key}"] = _param(value)
+    return params
+
+
+def _param(value: Any) -> Any:
+    """``value`` if MLflow can show it as a param, else a short digest of it (long prompt lists), so
+    every setting has a key and equal settings compare equal in the runs table."""
+    try:
+        param_value(value)
+        return value
+    except TypeError:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 @contextlib.contextmanager
 def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, target: str, aux: str | None) -> Iterator:
     """An MLflow run when tracking is on; under torchrun only rank 0 opens one (the others get None)."""
@@ -153,15 +185,17 @@ def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, targ
         yield None
         return
     tags = _run_tags(config, method)
+    config_dict = {key: value for key, value in config.to_dict().items() if key != "tracking"}
     with tracked_run(
-        tracking_config(config),
+        config.tracking,
         purpose,
         method=tags["method"],
         backbone=tags["backbone"],
         weight_hash=tags["weight_hash"],
         target_dataset=target,
         aux_data=aux,
-        config_dict=config.to_dict(),
+        config_dict=config_dict,
+        params=run_params(config, purpose),
         code_version=medzsad.__version__,
     ) as run:
         yield run
@@ -186,7 +220,7 @@ def evaluate_config(
         spec = parse_dataset_spec(text)
         dataset = open_dataset(text, config, method.image_size)
         maps_dir = output_dir / "maps" / spec.name if config.eval.save_maps else None
-        review_limit = 512 if config.tracking.enabled else 0
+        review_limit = config.tracking.review_limit if config.tracking.enabled else 0
         result = evaluate(method, dataset, config.eval, device, spec.name, review_limit, maps_dir=maps_dir)
         evaluations[spec.name] = result
         if not main:
@@ -224,6 +258,7 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
     metrics = {category: dict(values.values) for category, values in report.per_category.items()}
     metrics["mean"] = dict(report.macro_mean.values)
     run.log_eval(metrics)
+    run.log_dataset(result.name, *_dataset_identity(result))
     if result.accumulator is not None:
         _log_curves(run, result.accumulator.curves(), report.per_category, _aupro_name(config))
     review = result.review
@@ -238,10 +273,45 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
         run.log_review(
             review,
             result.name,
-            image_threshold=0.5,
+            image_threshold=REVIEW_IMAGE_THRESHOLD,
             pixel_threshold=config.eval.dice_threshold,
             panel_size=config.tracking.review_panel_size,
+            page_limit=config.tracking.page_limit,
+            threshold_origin=(
+                f"image score {REVIEW_IMAGE_THRESHOLD:g} (fixed, not calibrated); "
+                f"map {config.eval.dice_threshold:g} (eval.dice_threshold)"
+            ),
+            context={"method": config.method, "backbone": config.backbone.model_name},
         )
+        _log_volume_figures(run, review, result.name)
+
+
+def _dataset_identity(result: DatasetEvaluation) -> tuple[str, dict[str, int]]:
+    """A digest of the evaluated samples (sorted pseudonymous ids and labels: changes when the data
+    does, names no file) and their counts."""
+    digest = hashlib.sha256()
+    for sample_id, label in sorted((s.sample_id, s.label) for s in result.samples):
+        digest.update(f"{sample_id}:{label}\n".encode())
+    labels = [s.label for s in result.samples]
+    volumes = {s.volume_id for s in result.samples if s.volume_id is not None}
+    profile = {
+        "samples": len(labels),
+        "anomalous": sum(1 for label in labels if label == 1),
+        "normal": sum(1 for label in labels if label == 0),
+        "categories": len({s.category for s in result.samples}),
+        "volumes": len(volumes),
+    }
+    return digest.hexdigest()[:16], profile
+
+
+def _log_volume_figures(run: Any, review: Sequence[Any], dataset: str) -> None:
+    """One slice-mosaic figure per labelled volume among the review copies (every lesion slice)."""
+    by_volume: dict[str, list[Any]] = {}
+    for sample in review:
+        if sample.volume_id is not None and sample.mask is not None:
+            by_volume.setdefault(sample.volume_id, []).append(sample)
+    for volume_id, slices in by_volume.items():
+        run.log_volume_slices(sorted(slices, key=lambda s: s.slice_index or 0), volume_id, dataset_name=dataset)
 
 
 def _aupro_name(config: RunConfig) -> str:

@@ -40,14 +40,14 @@ from medzsad.data.study import Item
 from medzsad.data.transforms import ClipImageTransform, map_to_original
 from medzsad.data.volumes import Volume, reassemble, volume_samples, write_nifti
 from medzsad.engine import distributed
-from medzsad.engine.evaluate import display_images
 from medzsad.engine.inference import KeyedBatch, predict_batches
 from medzsad.engine.randomness import NoiseKey
 from medzsad.methods.base import ZsadMethod
-from medzsad.tracking.render import MapScale, heat_rgb
 from medzsad.utils.files import atomic_write_bytes
 from medzsad.utils.progress import progress
 from medzsad.utils.tables import write_csv
+from medzsad.viz import MapScale, display_images
+from medzsad.viz.render import render_overlay
 
 OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image
 
@@ -228,7 +228,8 @@ class Predictor:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, anomaly_map=full, score=np.float32(result.score))
         atomic_write_bytes(self.output_dir / "maps" / f"{result.sample_id}.npz", buffer.getvalue())
-        atomic_write_bytes(self.output_dir / "overlays" / f"{result.sample_id}.png", overlay_png(image, full))
+        caption = f"{result.sample_id} | score {result.score:.3g} | {intensity or 'as stored'}"
+        atomic_write_bytes(self.output_dir / "overlays" / f"{result.sample_id}.png", overlay_png(image, full, caption))
         self.rows.append([result.sample_id, "image", result.score, height, width, None, None, intensity])
         self.index_rows.append([result.sample_id, str(source)])
 
@@ -262,14 +263,11 @@ class Predictor:
         write_csv(self.output_dir / "sample_index.local.csv", ["sample_id", "source"], index_rows)
 
 
-def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> bytes:
-    """PNG bytes: the heat map (fixed [0, 1] scale) blended over the image, at the map's resolution."""
-    height, width = anomaly_map.shape
-    base = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR), dtype=np.float32)
-    heat = heat_rgb(anomaly_map, OVERLAY_SCALE).astype(np.float32)
-    blended = ((1 - alpha) * base + alpha * heat).round().clip(0, 255).astype(np.uint8)
+def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, caption: str = "") -> bytes:
+    """PNG bytes: the heat map (fixed [0, 1] scale) over the image at the map's resolution, the
+    caption (id, score, display window) above and a colour bar with numbers beneath."""
     buffer = io.BytesIO()
-    Image.fromarray(blended).save(buffer, format="PNG")
+    Image.fromarray(render_overlay(image, anomaly_map, OVERLAY_SCALE, caption)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -7,16 +7,17 @@ a method computes. See docs/tracking.md.
 from medzsad.tracking.config import Purpose, TrackingConfig, sqlite_uri
 from medzsad.tracking.params import DEFAULT_PARAM_ALLOW, config_hash, select_params
 from medzsad.tracking.phi import PHIError, clear_forbidden, find_phi, phi_guard, register_forbidden
-from medzsad.tracking.render import Curve, MapScale
-from medzsad.tracking.review import ReviewSample, ReviewSummary
+from medzsad.tracking.review import ReviewSummary
 from medzsad.tracking.run import (
     CheckpointFiles,
     TrackedRun,
+    load_checkpoint_from_model,
     load_checkpoint_from_run,
     tracked_run,
     upload_spool,
 )
 from medzsad.tracking.ui import UIServer, serve_ui
+from medzsad.viz import Curve, MapScale, ReviewSample  # re-exported: the types log_review/log_curves take
 
 __all__ = [
     "DEFAULT_PARAM_ALLOW",
@@ -33,6 +34,7 @@ __all__ = [
     "clear_forbidden",
     "config_hash",
     "find_phi",
+    "load_checkpoint_from_model",
     "load_checkpoint_from_run",
     "phi_guard",
     "register_forbidden",

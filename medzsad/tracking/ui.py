@@ -21,6 +21,8 @@ from medzsad.tracking.config import sqlite_uri
 __all__ = ["LOOPBACK_HOSTS", "UIServer", "serve_ui"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# MLflow 3 remembers a GenAI/ML view per browser; this query opens the runs view whatever it remembers.
+ML_VIEW = "workflowType=machine_learning"
 
 
 class UIServer:
@@ -48,6 +50,21 @@ class UIServer:
             time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"mlflow server not ready after {timeout_s:.0f} s:\n{self._log_tail()}")
+
+    def experiments_url(self) -> str:
+        """The experiment list in MLflow's machine-learning view (runs, metrics, artifacts)."""
+        return f"{self.url}/#/experiments?{ML_VIEW}"
+
+    def runs_urls(self, store_dir: str | os.PathLike[str]) -> dict[str, str]:
+        """Experiment name -> the direct URL of its runs table, for every experiment in the store."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=sqlite_uri(Path(store_dir).resolve() / "mlflow.db"))
+        return {
+            e.name: f"{self.url}/#/experiments/{e.experiment_id}/runs?{ML_VIEW}"
+            for e in client.search_experiments()
+            if e.name.startswith("medzsad/")
+        }
 
     def wait(self) -> int:
         """Block until the server exits (Ctrl-C stops it); returns its exit code."""

@@ -193,7 +193,8 @@ def test_predict_on_a_folder_of_pngs(trained, tmp_path, capsys):
         sample_id = by_source[f"s{i}.png"]
         data = np.load(out / "maps" / f"{sample_id}.npz")
         assert data["anomaly_map"].shape == (h, w) and data["anomaly_map"].dtype == np.float32
-        assert Image.open(out / "overlays" / f"{sample_id}.png").size == (w, h)
+        # The image at its own size, a caption strip above (18 px) and a colour bar beneath (34 px).
+        assert Image.open(out / "overlays" / f"{sample_id}.png").size == (max(w, 160), h + 18 + 34)
         score = next(float(r["score"]) for r in rows if r["sample_id"] == sample_id)
         assert 0.0 <= score <= 1.0 and score == pytest.approx(float(data["score"]), abs=1e-6)
     assert all("s0" not in r["sample_id"] for r in rows)  # ids are pseudonymous
