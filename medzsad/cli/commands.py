@@ -12,6 +12,7 @@ def dispatch(args: argparse.Namespace) -> int:
     handlers = {
         "predict": cmd_predict,
         "test": cmd_test,
+        "calibrate": cmd_calibrate,
         "train": cmd_train,
         "finetune": cmd_finetune,
         "table": cmd_table,
@@ -51,6 +52,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     if not config.data.test:
         raise ConfigError("data.test: give one or more target datasets, e.g. data.test=[path/to/meta.json]")
     run_test(config)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from medzsad.engine.jobs import run_calibrate
+
+    run_calibrate(_config(args))
     return 0
 
 

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="zero-shot evaluation on target datasets")
     _add_config_arguments(test)
 
+    calibrate = commands.add_parser("calibrate", help="decision thresholds from reference scans (docs/decisions.md)")
+    _add_config_arguments(calibrate)
+
     train = commands.add_parser("train", help="learn prompts on auxiliary data")
     _add_config_arguments(train)
 

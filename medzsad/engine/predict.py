@@ -34,6 +34,7 @@ from medzsad.data.records import Batch, Sample, collate_samples
 from medzsad.data.transforms import ClipImageTransform, map_to_original
 from medzsad.data.volumes import predict_volume, read_volume, write_nifti
 from medzsad.engine import distributed
+from medzsad.engine.calibrate import DecisionWriter
 from medzsad.engine.evaluate import display_images
 from medzsad.methods.base import ZsadMethod
 from medzsad.tracking.render import MapScale, heat_rgb
@@ -94,6 +95,7 @@ class Predictor:
         transform: image transform (size, padding, intensity).
         batch_size: images per forward pass.
         precision: "fp32", "bf16" or "fp16".
+        decisions: writes decisions and masks from a calibration (:class:`~medzsad.engine.calibrate.DecisionWriter`).
     """
 
     def __init__(
@@ -104,7 +106,9 @@ class Predictor:
         transform: ClipImageTransform,
         batch_size: int = 8,
         precision: str = "fp32",
+        decisions: DecisionWriter | None = None,
     ) -> None:
+        self.decisions = decisions
         self.method = method.to(device).eval()
         self.method.backbone.set_precision(precision)
         self.output_dir = Path(output_dir)
@@ -138,6 +142,8 @@ class Predictor:
         atomic_write_bytes(self.output_dir / "maps" / f"{sample.sample_id}.npz", buffer.getvalue())
         atomic_write_bytes(self.output_dir / "overlays" / f"{sample.sample_id}.png", overlay_png(image, full))
         self.rows.append(f"{sample.sample_id},image,{score:.8g},{height},{width},,")
+        if self.decisions is not None:
+            self.decisions.image(sample.sample_id, score, full)
         self.index_rows.append(f"{sample.sample_id},{_quote(str(source))}")
 
     def predict_volume(self, path: Path) -> None:
@@ -152,15 +158,20 @@ class Predictor:
 
         map_volume = predict_volume(volume, map_fn, transform=self.transform, batch_size=self.batch_size)
         write_nifti(map_volume, volume, self.output_dir / "volumes" / f"{volume_id}_map.nii.gz")
+        if self.decisions is not None:
+            self.decisions.volume(volume_id, volume, map_volume, [score for _, score in slice_scores])
         for index, score in slice_scores:
             self.rows.append(f"{volume_id}:{index},slice,{score:.8g},,,{volume_id},{index}")
         self.index_rows.append(f"{volume_id},{_quote(str(path))}")
 
     def finish(self) -> None:
         """Write the CSVs; under torchrun rank 0 writes every process's rows, in rank order."""
-        parts = distributed.gather_objects((self.rows[1:], self.index_rows[1:]))
+        own = self.decisions.rows if self.decisions is not None else []
+        parts = distributed.gather_objects((self.rows[1:], self.index_rows[1:], own))
         if parts is None:
             return
+        if self.decisions is not None:
+            self.decisions.finish([row for part in parts for row in part[2]])
         rows = self.rows[:1] + [row for part in parts for row in part[0]]
         index_rows = self.index_rows[:1] + [row for part in parts for row in part[1]]
         atomic_write_text(self.output_dir / "scores.csv", "\n".join(rows) + "\n")
@@ -209,6 +220,7 @@ def predict_paths(
     batch_size: int = 8,
     precision: str = "fp32",
     report: Callable[[str], None] = print,
+    decisions: DecisionWriter | None = None,
 ) -> PredictSummary:
     """Score every input; unreadable ones are reported (one line each) and skipped.
 
@@ -216,7 +228,7 @@ def predict_paths(
     the returned summary (counts, failures) covers every process's inputs, on every process.
     """
     summary = PredictSummary(Path(output_dir))
-    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision)
+    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, decisions)
     inputs = list(inputs)
     paths = list(expand_inputs(inputs))
     if not paths:

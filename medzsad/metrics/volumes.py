@@ -269,15 +269,16 @@ def _format_row(metrics: MetricSet, percent: bool) -> str:
 
 def volume_report(
     records: Sequence[VolumeRecord],
+    scores: Sequence[float],
     thresholds: Sequence[float],
     dice_threshold: float,
     reduction: str = "max",
-    top_k: int = 3,
     broken: str | None = None,
 ) -> VolumeReport:
-    """Volume-level metrics of reduced slice scores; lesion-level metrics and mean Dice of the volumes with
-    masks (undefined, with ``broken`` as the reason, when the collector could not build whole volumes)."""
-    scores = [reduce_slice_scores(r.slice_scores, reduction, top_k) for r in records]
+    """Volume-level metrics of the volume ``scores`` (one per record, labels from the records); lesion-level
+    metrics and mean Dice of the volumes with masks (undefined, with ``broken`` as the reason, when the
+    collector could not build whole volumes)."""
+    scores = [float(s) for s in scores]
     volume_level = volume_metrics(scores, [r.label for r in records])
     with_masks = [r for r in records if r.lesions is not None]
     if broken is not None or not with_masks:

@@ -59,7 +59,7 @@ def test_training_conditional_threshold_holds_for_the_reference_set_with_the_sta
 
 
 def test_conformal_refuses_too_few_reference_scans_in_one_line():
-    with pytest.raises(ValueError, match="too few for alpha=0.05.*need at least 19"):
+    with pytest.raises(ValueError, match=r"too few for alpha=0\.05.*need at least 19"):
         conformal_threshold(np.linspace(0, 1, 10), 0.05)
     assert conformal_rank(19, 0.05) == 19
 

@@ -121,7 +121,7 @@ def test_collector_rebuilds_volumes_from_batches_in_any_slice_order():
     assert [r.volume_id for r in records] == ["a", "b"]
     assert records[0].lesions == [LesionCounts(1, 1, 0)] and records[0].dice == 1.0 and records[0].label == 1
     assert records[1].lesions == [LesionCounts(0, 0, 0)] and records[1].label == 0
-    report = volume_report(records, [0.5], 0.5)
+    report = volume_report(records, [reduce_slice_scores(r.slice_scores) for r in records], [0.5], 0.5)
     assert report.volume_level["volume_auroc"] == 1.0
     assert report.lesion_level["volume_dice@0.5"] == 1.0
     assert "volume level" in report.format_tables() and "lesion level" in report.format_tables()
@@ -133,5 +133,5 @@ def test_collector_marks_interleaved_volumes():
     for volume_id in ("a", "b", "a"):
         collector.update([volume_id], [0], np.zeros(1), [0], zeros, zeros, [1])
     records = collector.finish()
-    report = volume_report(records, [0.5], 0.5, broken=collector.broken)
+    report = volume_report(records, [0.0, 0.0], [0.5], 0.5, broken=collector.broken)
     assert "not together" in report.lesion_level.undefined["lesion_froc_score"]
