@@ -167,7 +167,9 @@ def evaluate_config(
         review_limit = 512 if config.tracking.enabled else 0
         collector = decisions.collector_for(config.eval, calibration)
         consumer = decisions.VolumeConsumer(collector)
-        result = evaluate(method, dataset, config.eval, device, spec.name, review_limit, maps_dir, consumer)
+        result = evaluate(
+            method, dataset, config.eval, device, spec.name, review_limit, maps_dir=maps_dir, consumer=consumer
+        )
         evaluations[spec.name] = result
         if not main:
             continue
