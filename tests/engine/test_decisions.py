@@ -57,17 +57,22 @@ def test_calibrate_writes_a_conformal_threshold_of_the_normal_scores(tiny_datase
 
 
 def test_test_uses_the_calibration_and_refuses_one_for_another_checkpoint(tiny_dataset, checkpoint, tmp_path, capsys):
-    out = tmp_path / "calibration.json"
-    assert _calibrate(tiny_dataset, checkpoint, out, "calibrate.rule=f1max", "calibrate.probability=isotonic") == 0
+    out, store = tmp_path / "calibration.json", tmp_path / "store"
+    tracking = ["tracking.enabled=true", f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}"]
+    tracking.append(f"tracking.artifact_location={store / 'mlartifacts'}")
+    rules = ["calibrate.rule=f1max", "calibrate.probability=isotonic"]
+    assert _calibrate(tiny_dataset, checkpoint, out, *rules, *tracking) == 0
     calibration = read_calibration(out)
     assert calibration.image.rule == "f1max" and calibration.probability.kind == "isotonic"
     args = [*TINY_OVERRIDES, f"checkpoint={checkpoint}", f"data.test=[aux={tiny_dataset}]"]
-    assert main(["test", *args, f"calibration={out}", f"eval.output_dir={tmp_path / 'eval'}"]) == 0
+    assert main(["test", *args, *tracking, f"calibration={out}", f"eval.output_dir={tmp_path / 'eval'}"]) == 0
     printed = capsys.readouterr().out
     assert f"image threshold {calibration.image.value:.6g} (f1max, n=16)" in printed
     report = json.loads((tmp_path / "eval" / "decisions_aux.json").read_text())
     assert report["thresholds"]["image"]["value"] == calibration.image.value
     assert report["thresholds"]["image"]["origin"] == "f1max, n=16"
+    _check_mlflow(store, calibration)
+    capsys.readouterr()
 
     # The same file with another model: other prompts, or another test-time option.
     torch.manual_seed(1)
@@ -76,6 +81,26 @@ def test_test_uses_the_calibration_and_refuses_one_for_another_checkpoint(tiny_d
         code = main(["test", *args, *extra, f"calibration={out}"])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "made for another checkpoint" in err
+
+
+def _check_mlflow(store: Path, calibration) -> None:
+    """Both runs (calibrate, test) carry the threshold, its origin and the calibration file."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    runs = {}
+    for experiment in ("medzsad/calibration", "medzsad/zero-shot-eval"):
+        (runs[experiment],) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    for run in runs.values():
+        assert float(run.data.params["eval.decision.image_threshold"]) == calibration.image.value
+        assert run.data.params["eval.decision.image_origin"] == "f1max, n=16"
+        artifact = client.download_artifacts(
+            run.info.run_id, "calibration/calibration.json", str(store / run.info.run_id)
+        )
+        assert json.loads(Path(artifact).read_text())["model_digest"] == calibration.model_digest
+    tested = runs["medzsad/zero-shot-eval"].data
+    assert tested.tags["decision_rule"] == "f1max" and tested.tags["decision_n"] == "16"
+    assert {"image_false_alarm_rate", "image_sensitivity", "image_auroc"} <= set(tested.metrics)
 
 
 def test_a_damaged_calibration_file_is_one_line(tiny_dataset, checkpoint, tmp_path, capsys):
