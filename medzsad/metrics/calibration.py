@@ -80,7 +80,12 @@ def conformal_rank(n: int, alpha: float, confidence: float | None = None) -> int
         ok = binom.sf(ranks - 1, n, 1 - alpha) <= 1 - confidence
         k = int(ranks[ok][0]) if ok.any() else n + 1
     if k > n:
-        need = math.ceil(1 / alpha - 1) if confidence is None else "more"
+        # k = n is the last rank: marginal needs (n + 1)(1 - alpha) <= n, conditional (1 - alpha)^n <= 1 - c.
+        need = (
+            math.ceil(1 / alpha - 1)
+            if confidence is None
+            else math.ceil(math.log(1 - confidence) / math.log(1 - alpha))
+        )
         raise ValueError(
             f"{n} normal reference scores are too few for alpha={alpha:g}"
             + (f" at confidence {confidence:g}" if confidence is not None else "")
