@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from medzsad.data.records import Batch
-from medzsad.engine.config import CalibrateConfig, ConfigError, EvalConfig
+from medzsad.engine.config import CalibrateConfig, ConfigError, DataConfig, EvalConfig, RunConfig
 from medzsad.methods.base import ZsadMethod
 from medzsad.metrics import calibration as rules
 from medzsad.metrics.results import MetricSet
@@ -59,6 +59,17 @@ def model_digest(method: ZsadMethod) -> str:
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
+
+
+def preprocessing(data: DataConfig) -> dict[str, Any]:
+    """The data settings that change scores without changing the model (CT window, MRI percentiles,
+    padding, slicing axis): a calibration holds for the settings it was made with."""
+    return {
+        "pad_to_square": data.pad_to_square,
+        "ct_window": [float(v) for v in data.ct_window],
+        "mri_percentiles": [float(v) for v in data.mri_percentiles],
+        "slice_axis": data.slice_axis,
+    }
 
 
 def reference_digest(sample_ids: Sequence[str]) -> str:
@@ -112,6 +123,7 @@ class Calibration:
     volume: Threshold | None = None
     volume_score: dict[str, Any] = field(default_factory=dict)
     probability: rules.ProbabilityModel | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
     medzsad_version: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -121,6 +133,7 @@ class Calibration:
             "medzsad_version": self.medzsad_version,
             "method": self.method,
             "model_digest": self.model_digest,
+            "preprocessing": dict(self.preprocessing),
             "reference": {"digest": self.reference_digest, **self.reference_counts},
             "image": self.image.to_json(),
             "pixel": self.pixel.to_json() if self.pixel else None,
@@ -143,6 +156,7 @@ class Calibration:
             volume=Threshold.from_json(volume) if volume else None,
             volume_score=volume_score,
             probability=rules.ProbabilityModel.from_json(data["probability"]) if data.get("probability") else None,
+            preprocessing=dict(data.get("preprocessing") or {}),
             medzsad_version=str(data.get("medzsad_version", "")),
         )
 
@@ -184,8 +198,11 @@ def read_calibration(path: str | Path) -> Calibration:
         ) from None
 
 
-def check_calibration(calibration: Calibration, method: ZsadMethod, source: str | Path) -> None:
-    """Refuse a calibration made for another method or another model (checkpoint, backbone, options)."""
+def check_calibration(
+    calibration: Calibration, method: ZsadMethod, source: str | Path, settings: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse a calibration made for another method or another model (checkpoint, backbone, options), or,
+    given this run's :func:`preprocessing` ``settings``, with other data settings."""
     if calibration.method != method.name:
         raise CalibrationError(f"calibration: {source} was made for method {calibration.method}, not {method.name}")
     digest = model_digest(method)
@@ -194,14 +211,19 @@ def check_calibration(calibration: Calibration, method: ZsadMethod, source: str 
             f"calibration: {source} was made for another checkpoint (model digest {calibration.model_digest[:12]}, "
             f"this model {digest[:12]}); recalibrate with `medzsad calibrate`"
         )
+    for key, value in (settings or {}).items():
+        made = calibration.preprocessing.get(key, value)
+        if made != value:
+            raise CalibrationError(f"calibration: {source} was made with data.{key}={made}, this run uses {value}")
 
 
-def load_for(path: str | None, method: ZsadMethod) -> Calibration | None:
-    """The checked calibration of ``path`` for ``method``; None without a path."""
-    if not path:
+def load_for(config: RunConfig, method: ZsadMethod) -> Calibration | None:
+    """The calibration file of ``config.calibration``, checked against ``method`` and the data settings;
+    None when the key is not set."""
+    if not config.calibration:
         return None
-    calibration = read_calibration(path)
-    check_calibration(calibration, method, path)
+    calibration = read_calibration(config.calibration)
+    check_calibration(calibration, method, config.calibration, preprocessing(config.data))
     return calibration
 
 
@@ -304,16 +326,13 @@ def pixel_threshold(reference: ReferenceConsumer, section: CalibrateConfig) -> T
 
 
 def build_calibration(
-    method: ZsadMethod,
-    samples: Sequence[Any],
-    reference: ReferenceConsumer,
-    section: CalibrateConfig,
-    eval_config: EvalConfig,
+    method: ZsadMethod, samples: Sequence[Any], reference: ReferenceConsumer, config: RunConfig
 ) -> tuple[Calibration, list[str]]:
     """The calibration from an evaluated reference set (``SampleResult``s and the normal maps' statistics),
     and notes for the user (e.g. too few normal volumes for a volume threshold)."""
     import medzsad
 
+    section, eval_config = config.calibrate, config.eval
     scores = np.asarray([s.score for s in samples], dtype=np.float64)
     labels = np.asarray([s.label for s in samples])
     image = choose_threshold(scores, labels, section, "images")
@@ -348,6 +367,7 @@ def build_calibration(
         volume=volume,
         volume_score={"score": eval_config.volume_score, "top_k": eval_config.volume_top_k} if volume else {},
         probability=probability,
+        preprocessing=preprocessing(config.data),
         medzsad_version=medzsad.__version__,
     )
     return calibration, notes

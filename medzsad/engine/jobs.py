@@ -106,7 +106,7 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     method = build_method(config)
     _require_trained(method, config)
     transform = make_transform(config, method.image_size)
-    calibration = decisions.load_for(config.calibration, method)
+    calibration = decisions.load_for(config, method)
     writer = decisions.DecisionWriter(calibration, output_dir, config.calibrate.rescaled) if calibration else None
     batch, precision = config.eval.batch_size, config.eval.precision
     return predict_paths(method, inputs, output_dir, device, transform, batch, precision, decisions=writer)
@@ -159,7 +159,7 @@ def evaluate_config(
     _require_trained(method, config)
     output_dir = Path(config.eval.output_dir)
     evaluations: dict[str, DatasetEvaluation] = {}
-    calibration = decisions.load_for(config.calibration, method)
+    calibration = decisions.load_for(config, method)
     for text in config.data.test:
         spec = parse_dataset_spec(text)
         dataset = open_dataset(text, config, method.image_size)
@@ -281,7 +281,7 @@ def run_calibrate(config: RunConfig) -> decisions.Calibration:
     dataset = open_dataset(config.calibrate.reference, config, method.image_size)
     reference = decisions.ReferenceConsumer()
     result = evaluate(method, dataset, config.eval, device, "reference", consumer=reference)
-    calibration, notes = decisions.build_calibration(method, result.samples, reference, config.calibrate, config.eval)
+    calibration, notes = decisions.build_calibration(method, result.samples, reference, config)
     path = decisions.write_calibration(calibration, config.calibrate.output)
     print(decisions.format_calibration(calibration, path, notes))
     with _maybe_tracked(config, Purpose.CALIBRATION, method, "reference", _aux_data(config)) as run:

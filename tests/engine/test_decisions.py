@@ -77,10 +77,15 @@ def test_test_uses_the_calibration_and_refuses_one_for_another_checkpoint(tiny_d
     # The same file with another model: other prompts, or another test-time option.
     torch.manual_seed(1)
     save_checkpoint(build_method(load_config(None, TINY_OVERRIDES)), tmp_path / "other")
-    for extra in ([f"checkpoint={tmp_path / 'other'}.safetensors"], ["method_config.sigma=2"]):
-        code = main(["test", *args, *extra, f"calibration={out}"])
+    refusals = {
+        f"checkpoint={tmp_path / 'other'}.safetensors": "made for another checkpoint",
+        "method_config.sigma=2": "made for another checkpoint",
+        "data.ct_window=[0,100]": "was made with data.ct_window=[40.0, 80.0], this run uses [0.0, 100.0]",
+    }
+    for extra, message in refusals.items():
+        code = main(["test", *args, extra, f"calibration={out}"])
         err = capsys.readouterr().err
-        assert code == 2 and err.count("\n") == 1 and "made for another checkpoint" in err
+        assert code == 2 and err.count("\n") == 1 and message in err
 
 
 def _check_mlflow(store: Path, calibration) -> None:
@@ -166,7 +171,7 @@ def test_real_nrrd_volumes_through_test_give_volume_and_lesion_tables(shared_dat
     assert set(report["volume_level"]["undefined"]) == {"volume_auroc"}  # both volumes have lesions
     lesion = report["lesion_level"]
     assert {"lesion_sensitivity@0.2", "lesion_fp_per_volume@0.5", "volume_dice@0.5"} <= set(lesion["values"])
-    rows = list(csv.DictReader((out / f"volumes_vol.csv").open()))
+    rows = list(csv.DictReader((out / "volumes_vol.csv").open()))
     assert len(rows) == 2 and all(r["label"] == "1" for r in rows)
 
     # Ground-truth lesions, counted directly from the dataset's own slices (model resolution).
