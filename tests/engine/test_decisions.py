@@ -191,3 +191,26 @@ def test_real_nrrd_volumes_through_test_give_volume_and_lesion_tables(shared_dat
     for row in rows:
         scores = [float(r["score"]) for r in slice_scores if r["volume_id"] == row["volume_id"]]
         assert float(row["volume_score"]) == pytest.approx(max(scores))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("calibrate.rule=median", "calibrate.rule: expected one of conformal, f1max, youden, sensitivity"),
+        ("calibrate.target_fpr=1.5", "calibrate.target_fpr: expected a number between 0 and 1"),
+        ("eval.volume_score=mean", "eval.volume_score: expected one of max, topk_mean"),
+        ("eval.volume_top_k=0", "eval.volume_top_k: expected at least 1"),
+    ],
+)
+def test_decision_keys_are_checked_up_front(override, message, capsys):
+    assert main(["calibrate", *TINY_OVERRIDES, override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_calibrate_without_reference_or_with_too_few_normals_is_one_line(tiny_dataset, checkpoint, tmp_path, capsys):
+    assert main(["calibrate", *TINY_OVERRIDES, f"checkpoint={checkpoint}"]) == 2
+    assert "calibrate.reference: give the reference scans" in capsys.readouterr().err
+    assert _calibrate(tiny_dataset, checkpoint, tmp_path / "c.json", "calibrate.target_fpr=0.05") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "8 normal reference scores are too few for alpha=0.05 (need at least 19)" in err
