@@ -298,6 +298,11 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, section: CalibrateC
     """The ``calibrate.rule`` threshold of ``scores`` (labels 0/1; -1 unknown is left out)."""
     known = labels >= 0
     scores, labels = scores[known], labels[known].astype(bool)
+    if section.rule == "conformal" and labels.all():
+        raise CalibrationError(
+            f"calibrate.reference: no {what} known to be normal; images of a folder without a manifest have no "
+            "label: put the normal scans in <folder>/normal/ and run `medzsad prepare folder <folder>`"
+        )
     try:
         if section.rule == "conformal":
             value = rules.conformal_threshold(scores[~labels], section.target_fpr, section.confidence)
@@ -422,10 +427,11 @@ def decide(
     samples: Sequence[Any],
     calibration: Calibration | None,
     eval_config: EvalConfig,
-    collector: VolumeCollector | None,
+    collector: VolumeCollector,
     lesions_possible: bool = True,
 ) -> DecisionReport:
-    """The :class:`DecisionReport` of an evaluated dataset (``SampleResult``s, the loop's collector)."""
+    """The :class:`DecisionReport` of an evaluated dataset (``SampleResult``s, the loop's collector; without
+    ``lesions_possible`` the lesion table is left undefined with the reason)."""
     image = calibration.image if calibration else FIXED_IMAGE
     pixel = (
         calibration.pixel
@@ -445,23 +451,47 @@ def decide(
         report.at_threshold = MetricSet(
             {**at_threshold.values, **rates.values}, {**at_threshold.undefined, **rates.undefined}
         )
-    records = {r.volume_id: r for r in collector.finish()} if collector is not None else {}
-    broken = None if lesions_possible else "lesion-level results need one process (torchrun splits volumes)"
-    broken = broken or (collector.broken if collector is not None else None)
-    thresholds = sorted({*eval_config.lesion_thresholds, pixel.value})
-    ordered = [records.get(i) or VolumeRecord(i) for i in ids]
-    for record, label in zip(ordered, v_labels):
-        record.label = max(int(label), 0)
-    report.volumes = volume_report(ordered, v_scores, thresholds, pixel.value, eval_config.volume_score, broken)
-    for record, score in zip(ordered, report.volumes.scores):
-        decision = "" if volume is None else int(score >= volume.value)
-        lesions = record.lesions[thresholds.index(pixel.value)] if record.lesions else None
-        report.volume_rows.append(
-            [record.volume_id, len(record.slice_scores) or None, score, record.label, decision,
-             lesions.lesions if lesions else None, lesions.detected if lesions else None,
-             lesions.false_positives if lesions else None, record.dice]
-        )  # fmt: skip
+    if not lesions_possible:
+        collector.broken = "lesion-level results need one process (torchrun splits volumes)"
+    report.volumes, report.volume_rows = _volume_level(ids, v_scores, v_labels, collector, pixel, volume, eval_config)
     return report
+
+
+def _volume_level(
+    ids: list[str],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    collector: VolumeCollector,
+    pixel: Threshold,
+    volume: Threshold | None,
+    eval_config: EvalConfig,
+) -> tuple[VolumeReport, list[list[Any]]]:
+    """The volume-/lesion-level report and one row per volume (lesion counts at the pixel threshold).
+
+    A volume's label is its slices' (1 if any is 1, -1 if unknown), or 1 when its masks hold a lesion."""
+    records = {r.volume_id: r for r in collector.finish()}
+    ordered = [records.get(i) or VolumeRecord(i) for i in ids]
+    for record, label in zip(ordered, labels):
+        record.label = max(int(label), record.label) if record.lesions is not None else int(label)
+    thresholds = collector.thresholds
+    report = volume_report(ordered, scores, thresholds, pixel.value, eval_config.volume_score, collector.broken)
+    rows = []
+    for record, score in zip(ordered, report.scores):
+        decision = "" if volume is None else int(score >= volume.value)
+        counts = record.lesions[thresholds.index(pixel.value)] if record.lesions else None
+        lesion_cells = [counts.lesions, counts.detected, counts.false_positives] if counts else [None] * 3
+        rows.append(
+            [
+                record.volume_id,
+                len(record.slice_scores) or None,
+                score,
+                record.label,
+                decision,
+                *lesion_cells,
+                record.dice,
+            ]
+        )
+    return report, rows
 
 
 def collector_for(eval_config: EvalConfig, calibration: Calibration | None) -> VolumeCollector:

@@ -63,9 +63,11 @@ def reduce_slice_scores(scores: Sequence[float], reduction: str = "max", top_k: 
 
 
 def volume_metrics(scores: Sequence[float], labels: Sequence[int]) -> MetricSet:
-    """``volume_auroc``, ``volume_ap``, ``volume_f1max`` of volume scores (1 = volume with a lesion)."""
-    vector = np.asarray(scores, dtype=np.float64)
-    truth = np.asarray(labels).astype(bool)
+    """``volume_auroc``, ``volume_ap``, ``volume_f1max`` of volume scores (1 = volume with a lesion, 0 without;
+    -1, unknown, is left out)."""
+    known = np.asarray(labels) >= 0
+    vector = np.asarray(scores, dtype=np.float64)[known]
+    truth = np.asarray(labels)[known] > 0
     values, undefined, _ = ranking_metrics(np.sort(vector[~truth]), np.sort(vector[truth])[::-1], "volume", "volumes")
     return MetricSet(values, undefined, {"volumes": int(vector.size), "anomalous_volumes": int(truth.sum())})
 
