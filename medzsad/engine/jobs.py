@@ -280,7 +280,8 @@ def run_calibrate(config: RunConfig) -> decisions.Calibration:
     _require_trained(method, config)
     dataset = open_dataset(config.calibrate.reference, config, method.image_size)
     reference = decisions.ReferenceConsumer()
-    result = evaluate(method, dataset, config.eval, device, "reference", consumer=reference)
+    scoring = dataclasses.replace(config.eval, pixel_metrics=False)  # the thresholds need no pixel metrics
+    result = evaluate(method, dataset, scoring, device, "reference", consumer=reference)
     calibration, notes = decisions.build_calibration(method, result.samples, reference, config)
     path = decisions.write_calibration(calibration, config.calibrate.output)
     print(decisions.format_calibration(calibration, path, notes))

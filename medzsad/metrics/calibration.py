@@ -151,8 +151,8 @@ def pixel_rate_threshold(histogram: PixelRateHistogram, alpha: float) -> float:
         )
     rates = histogram.mean_rate_at_or_above()
     ok = np.flatnonzero(rates <= target)  # rates fall with the level, so these are the top levels
-    level = int(ok[0]) if ok.size else PIXEL_LEVELS
-    return level / PIXEL_LEVELS
+    # None fits: just above 1, where no map value (clipped to [0, 1]) is flagged.
+    return int(ok[0]) / PIXEL_LEVELS if ok.size else _just_above(1.0)
 
 
 def _scores_and_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
