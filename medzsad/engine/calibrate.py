@@ -299,10 +299,11 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, section: CalibrateC
     known = labels >= 0
     scores, labels = scores[known], labels[known].astype(bool)
     if section.rule == "conformal" and labels.all():
-        raise CalibrationError(
-            f"calibrate.reference: no {what} known to be normal; images of a folder without a manifest have no "
-            "label: put the normal scans in <folder>/normal/ and run `medzsad prepare folder <folder>`"
-        )
+        hint = "" if what == "volumes" else (
+            ": images of a folder without a manifest have no label; put the normal scans in <folder>/normal/ "
+            "and run `medzsad prepare folder <folder>`"
+        )  # fmt: skip
+        raise CalibrationError(f"calibrate.reference: no {what} known to be normal{hint}")
     try:
         if section.rule == "conformal":
             value = rules.conformal_threshold(scores[~labels], section.target_fpr, section.confidence)
@@ -497,7 +498,7 @@ def _volume_level(
 def collector_for(eval_config: EvalConfig, calibration: Calibration | None) -> VolumeCollector:
     """The lesion collector for a `test` run: FROC thresholds plus the pixel threshold in force."""
     dice = calibration.pixel.value if calibration and calibration.pixel else eval_config.dice_threshold
-    return VolumeCollector(eval_config.lesion_thresholds, dice)
+    return VolumeCollector(eval_config.lesion_thresholds, dice, min_iou=eval_config.lesion_min_iou)
 
 
 def write_decisions(output_dir: Path, name: str, report: DecisionReport) -> list[Path]:

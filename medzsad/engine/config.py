@@ -100,6 +100,7 @@ class EvalConfig:
         volume_score: a volume's score from its slice scores: "max" or "topk_mean" (docs/decisions.md).
         volume_top_k: slices averaged by "topk_mean".
         lesion_thresholds: map thresholds of the lesion-level FROC points (3-D connected components).
+        lesion_min_iou: IoU a predicted region needs with a lesion to detect it (0: any overlap).
     """
 
     batch_size: int = 8
@@ -116,6 +117,7 @@ class EvalConfig:
     volume_score: str = "max"
     volume_top_k: int = 3
     lesion_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
+    lesion_min_iou: float = 0.1
 
 
 @dataclass
@@ -360,6 +362,8 @@ def validate_decision_keys(config: RunConfig) -> None:
         raise ConfigError(
             f"calibrate.target_sensitivity: expected a number in (0, 1], got {section.target_sensitivity}"
         )
+    if not 0 <= config.eval.lesion_min_iou <= 1:
+        raise ConfigError(f"eval.lesion_min_iou: expected a number in [0, 1], got {config.eval.lesion_min_iou}")
     if config.eval.volume_top_k < 1:
         raise ConfigError(f"eval.volume_top_k: expected at least 1 slice, got {config.eval.volume_top_k}")
 

@@ -5,8 +5,8 @@
   (``volume_auroc``...), by the same exact ranking code as the image metrics.
 * Lesion level: ground-truth lesions and predicted regions are 3-D connected components (scipy
   ``ndimage.label``, 26-connectivity by default) of the stacked slice masks and thresholded maps, on the
-  slices' model-resolution grid. A lesion is detected when a predicted region overlaps it by at least one
-  voxel; a predicted region overlapping no lesion is a false positive. At each threshold: lesion
+  slices' model-resolution grid. A lesion is detected when a predicted region overlaps it with IoU >= 0.1
+  (``min_iou``); a predicted region matching no lesion so is a false positive. At each threshold: lesion
   sensitivity (detected / all lesions) and false positives per volume (FROC points), plus MONAI's
   FROC score (mean sensitivity at 0.25..8 FP per volume, interpolated between the points).
 * Per-volume Dice at one threshold (the calibrated pixel threshold when there is one), mean over volumes
@@ -47,6 +47,9 @@ __all__ = [
 
 REDUCTIONS = ("max", "topk_mean")
 FROC_FP_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: A region must cover a lesion with IoU >= 0.1 to detect it: without a minimum, a region flooding the
+#: whole volume at a low threshold "detects" every lesion with no false positive.
+DEFAULT_MIN_IOU = 0.1
 
 
 def reduce_slice_scores(scores: Sequence[float], reduction: str = "max", top_k: int = 3) -> float:
@@ -88,23 +91,44 @@ class LesionCounts:
 
 
 def count_lesions(
-    anomaly_map: np.ndarray, mask: np.ndarray, thresholds: Iterable[float], connectivity: int = 3
+    anomaly_map: np.ndarray,
+    mask: np.ndarray,
+    thresholds: Iterable[float],
+    connectivity: int = 3,
+    min_iou: float = DEFAULT_MIN_IOU,
 ) -> list[LesionCounts]:
     """Lesion detection counts of one volume (``[Z, H, W]`` map and bool mask) at each threshold
-    (``map >= t`` is predicted anomalous); see the module docstring for the matching rule."""
+    (``map >= t`` is predicted anomalous). A lesion and a predicted region match when they overlap with
+    IoU ``>= min_iou`` (and by at least one voxel): a lesion with a match is detected, a region without
+    one is a false positive. ``min_iou=0`` counts any overlap."""
     structure = _structure(connectivity)
     truth = np.asarray(mask).astype(bool)
     if truth.shape != np.shape(anomaly_map):
         raise ValueError(f"map shape {np.shape(anomaly_map)} differs from mask shape {truth.shape}")
     lesions, n_lesions = ndimage.label(truth, structure=structure)
+    lesion_sizes = np.bincount(lesions.ravel(), minlength=n_lesions + 1)
     out = []
     for threshold in thresholds:
         regions, n_regions = ndimage.label(np.asarray(anomaly_map) >= threshold, structure=structure)
-        overlap = (regions > 0) & (lesions > 0)
-        detected = np.unique(lesions[overlap]).size
-        hitting = np.unique(regions[overlap]).size
-        out.append(LesionCounts(int(n_lesions), int(detected), int(n_regions - hitting)))
+        lesion_ids, region_ids = _matches(lesions, lesion_sizes, regions, n_regions, min_iou)
+        out.append(LesionCounts(int(n_lesions), lesion_ids.size, int(n_regions - region_ids.size)))
     return out
+
+
+def _matches(
+    lesions: np.ndarray, lesion_sizes: np.ndarray, regions: np.ndarray, n_regions: int, min_iou: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of the lesions and of the regions in at least one pair with IoU ``>= min_iou``."""
+    overlap = (regions > 0) & (lesions > 0)
+    # One key per (lesion, region) pair; its count is the pair's intersection in voxels.
+    keys, intersections = np.unique(
+        lesions[overlap].astype(np.int64) * (n_regions + 1) + regions[overlap], return_counts=True
+    )
+    lesion_of, region_of = keys // (n_regions + 1), keys % (n_regions + 1)
+    region_sizes = np.bincount(regions.ravel(), minlength=n_regions + 1)
+    iou = intersections / (lesion_sizes[lesion_of] + region_sizes[region_of] - intersections)
+    good = iou >= min_iou
+    return np.unique(lesion_of[good]), np.unique(region_of[good])
 
 
 def volume_dice(anomaly_map: np.ndarray, mask: np.ndarray, threshold: float) -> float | None:
@@ -170,12 +194,20 @@ class VolumeCollector:
         lesion_thresholds: thresholds of the FROC points.
         dice_threshold: threshold of the per-volume Dice.
         connectivity: 3-D neighbourhood of connected components (3 = 26 neighbours).
+        min_iou: IoU a region needs with a lesion to detect it (:func:`count_lesions`).
     """
 
-    def __init__(self, lesion_thresholds: Sequence[float], dice_threshold: float, connectivity: int = 3) -> None:
+    def __init__(
+        self,
+        lesion_thresholds: Sequence[float],
+        dice_threshold: float,
+        connectivity: int = 3,
+        min_iou: float = DEFAULT_MIN_IOU,
+    ) -> None:
         self.thresholds = sorted({float(t) for t in (*lesion_thresholds, dice_threshold)})
         self.dice_threshold = float(dice_threshold)
         self.connectivity = connectivity
+        self.min_iou = min_iou
         self.records: dict[str, VolumeRecord] = {}
         self.broken: str | None = None
         self._current: str | None = None
@@ -220,7 +252,7 @@ class VolumeCollector:
         volume_map = np.stack([m for m, _ in slices]).astype(np.float32, copy=False)
         volume_mask = np.stack([mask for _, mask in slices])
         record.label = max(record.label, int(volume_mask.any()))
-        record.lesions = count_lesions(volume_map, volume_mask, self.thresholds, self.connectivity)
+        record.lesions = count_lesions(volume_map, volume_mask, self.thresholds, self.connectivity, self.min_iou)
         record.dice = volume_dice(volume_map, volume_mask, self.dice_threshold)
 
     def finish(self) -> list[VolumeRecord]:

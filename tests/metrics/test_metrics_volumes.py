@@ -45,7 +45,7 @@ def test_touching_lesions_are_one_lesion():
     _box(mask, slice(1, 3), slice(4, 7), slice(1, 4))  # shares a face with the first box
     amap = np.zeros(mask.shape)
     _box(amap, slice(1, 2), slice(5, 6), slice(2, 3), 0.9)  # hits the second part only
-    (counts,) = count_lesions(amap, mask, [0.5])
+    (counts,) = count_lesions(amap, mask, [0.5], min_iou=0)
     assert counts == LesionCounts(lesions=1, detected=1, false_positives=0)
     # Only diagonal contact: one lesion with 26-connectivity, two with 6-connectivity.
     diagonal = np.zeros((3, 6, 6), bool)
@@ -59,9 +59,9 @@ def test_a_lesion_split_across_slices_is_one_lesion_and_a_gap_makes_two():
     _box(mask, slice(0, 3), slice(2, 5), slice(2, 5))  # slices 0, 1, 2
     amap = np.zeros(mask.shape)
     amap[2, 3, 3] = 0.8  # detected on its last slice only
-    assert count_lesions(amap, mask, [0.5])[0] == LesionCounts(1, 1, 0)
+    assert count_lesions(amap, mask, [0.5], min_iou=0)[0] == LesionCounts(1, 1, 0)
     mask[4, 3, 3] = True  # slice 3 is empty: a second lesion
-    assert count_lesions(amap, mask, [0.5])[0] == LesionCounts(2, 1, 0)
+    assert count_lesions(amap, mask, [0.5], min_iou=0)[0] == LesionCounts(2, 1, 0)
 
 
 def test_false_positive_regions_and_several_thresholds():
@@ -73,9 +73,25 @@ def test_false_positive_regions_and_several_thresholds():
     _box(amap, slice(2, 3), slice(9, 10), slice(9, 10), 0.6)  # hits lesion 2 at 0.5 only
     _box(amap, slice(4, 5), slice(6, 7), slice(0, 2), 0.7)  # a false positive at 0.5
     _box(amap, slice(0, 1), slice(10, 12), slice(0, 2), 0.95)  # a false positive at both
-    low, high = count_lesions(amap, mask, [0.5, 0.8])
+    low, high = count_lesions(amap, mask, [0.5, 0.8], min_iou=0)
     assert low == LesionCounts(2, 2, 2)
     assert high == LesionCounts(2, 1, 1)
+
+
+def test_a_region_flooding_the_volume_detects_nothing_under_the_iou_rule():
+    mask = np.zeros((4, 10, 10), bool)
+    _box(mask, slice(1, 3), slice(1, 4), slice(1, 4))  # 18 voxels
+    _box(mask, slice(1, 3), slice(6, 9), slice(6, 9))
+    flood = np.ones(mask.shape)
+    assert count_lesions(flood, mask, [0.5], min_iou=0)[0] == LesionCounts(2, 2, 0)
+    assert count_lesions(flood, mask, [0.5])[0] == LesionCounts(2, 0, 1)  # IoU 18/400 < 0.1
+    close = np.zeros(mask.shape)
+    _box(close, slice(1, 3), slice(1, 5), slice(1, 4))  # lesion 1 plus a row: IoU 18/24
+    _box(close, slice(1, 2), slice(6, 7), slice(6, 7))  # 1 voxel of lesion 2: IoU 1/18
+    assert count_lesions(close, mask, [0.5])[0] == LesionCounts(2, 1, 1)
+    # The threshold of the IoU rule: 1/18 = 0.0556 passes at 0.05, not at 0.06.
+    assert count_lesions(close, mask, [0.5], min_iou=0.05)[0] == LesionCounts(2, 2, 0)
+    assert count_lesions(close, mask, [0.5], min_iou=0.06)[0] == LesionCounts(2, 1, 1)
 
 
 def test_empty_volume_counts_false_positives_and_no_lesions():
