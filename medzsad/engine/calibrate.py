@@ -13,6 +13,7 @@ a pixel threshold needs. What each rule guarantees is in docs/decisions.md.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -493,6 +494,14 @@ def _volume_level(
             ]
         )
     return report, rows
+
+
+def with_pixel_threshold(eval_config: EvalConfig, calibration: Calibration | None) -> EvalConfig:
+    """``eval`` with the calibrated pixel threshold as ``dice_threshold``, so the slice-level Dice/IoU and
+    normal false-positive rates are those of the threshold in force."""
+    if calibration is None or calibration.pixel is None:
+        return eval_config
+    return dataclasses.replace(eval_config, dice_threshold=calibration.pixel.value)
 
 
 def collector_for(eval_config: EvalConfig, calibration: Calibration | None) -> VolumeCollector:

@@ -160,6 +160,7 @@ def evaluate_config(
     output_dir = Path(config.eval.output_dir)
     evaluations: dict[str, DatasetEvaluation] = {}
     calibration = decisions.load_for(config, method)
+    eval_config = decisions.with_pixel_threshold(config.eval, calibration)
     for text in config.data.test:
         spec = parse_dataset_spec(text)
         dataset = open_dataset(text, config, method.image_size)
@@ -168,7 +169,7 @@ def evaluate_config(
         collector = decisions.collector_for(config.eval, calibration)
         consumer = decisions.VolumeConsumer(collector)
         result = evaluate(
-            method, dataset, config.eval, device, spec.name, review_limit, maps_dir=maps_dir, consumer=consumer
+            method, dataset, eval_config, device, spec.name, review_limit, maps_dir=maps_dir, consumer=consumer
         )
         evaluations[spec.name] = result
         if not main:
