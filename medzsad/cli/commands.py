@@ -14,6 +14,7 @@ def dispatch(args: argparse.Namespace) -> int:
     handlers = {
         "predict": cmd_predict,
         "test": cmd_test,
+        "calibrate": cmd_calibrate,
         "train": cmd_train,
         "finetune": cmd_finetune,
         "table": cmd_table,
@@ -56,6 +57,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     start = time.time()
     run_test(config)
     _announce(config, Path(config.eval.output_dir), start)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from medzsad.engine.jobs import run_calibrate
+
+    run_calibrate(_config(args))
     return 0
 
 

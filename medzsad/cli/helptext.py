@@ -55,6 +55,26 @@ examples:
   medzsad test -c configs/clip.yaml backbone=tiny data.test=[mine=my_folder/] tracking.enabled=false
 """
 
+CALIBRATE = f"""\
+Decision thresholds from reference scans, written to a small calibration file (docs/decisions.md).
+
+required:
+  calibrate.reference=PATH  the reference scans (manifest or folder): normal scans only for the default
+                            rule; labelled scans for calibrate.rule=f1max|youden|sensitivity
+  checkpoint=FILE           for methods that learn prompts (anomalyclip, faprompt, cops)
+defaults: calibrate.rule=conformal, calibrate.target_fpr=0.05 (a new normal scan from the same source is
+  flagged with probability at most 0.05), calibrate.pixel_rule=pixel_rate, calibrate.output=runs/calibration.json
+outputs: the calibration file (method, checkpoint digest, reference digest and count, rule, alpha, thresholds);
+  `test` and `predict` use it with calibration=FILE and refuse it for another checkpoint.
+
+{CONFIG_NOTE}
+
+examples:
+  medzsad calibrate -c configs/anomalyclip.yaml checkpoint=runs/anomalyclip/epoch_15.safetensors \\
+      calibrate.reference=normals/ calibrate.target_fpr=0.05
+  medzsad predict -c configs/anomalyclip.yaml checkpoint=... calibration=runs/calibration.json -i scans/
+"""
+
 TRAIN = f"""\
 Learn a method's prompts on auxiliary data (the official AnomalyCLIP settings by default).
 

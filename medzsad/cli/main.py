@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     test = _command(commands, "test", "zero-shot evaluation on target datasets", helptext.TEST)
     _add_config_arguments(test)
 
+    calibrate = _command(
+        commands, "calibrate", "decision thresholds from reference scans (docs/decisions.md)", helptext.CALIBRATE
+    )
+    _add_config_arguments(calibrate)
+
     train = _command(commands, "train", "learn prompts on auxiliary data", helptext.TRAIN)
     _add_config_arguments(train)
 

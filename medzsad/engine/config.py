@@ -110,6 +110,10 @@ class EvalConfig:
         compile: ``torch.compile`` the method's forward (worth it for long runs on a GPU).
         columns: metrics in the terminal table: names or prefixes (``[image_auroc, pixel_aupro, dice]``),
             ``[all]``; ``None`` for the compact default (image and pixel AUROC/AP/F1-max, AU-PRO).
+        volume_score: a volume's score from its slice scores: "max" or "topk_mean" (docs/decisions.md).
+        volume_top_k: slices averaged by "topk_mean".
+        lesion_thresholds: map thresholds of the lesion-level FROC points (3-D connected components).
+        lesion_min_iou: IoU a predicted region needs with a lesion to detect it (0: any overlap).
     """
 
     batch_size: int = 8
@@ -124,6 +128,43 @@ class EvalConfig:
     num_workers: int | None = None
     compile: bool = False
     columns: list[str] | None = None
+    volume_score: str = "max"
+    volume_top_k: int = 3
+    lesion_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
+    lesion_min_iou: float = 0.1
+
+
+@dataclass
+class CalibrateConfig:
+    """``medzsad calibrate``: thresholds from reference scans (docs/decisions.md says what each rule guarantees).
+
+    Attributes:
+        reference: the reference scans (manifest or folder); normal ones only for ``conformal``.
+        rule: "conformal" (normal scans; P(flag a new normal scan) <= target_fpr), or, from labelled
+            scans, "f1max", "youden" or "sensitivity".
+        target_fpr: alpha, the false-alarm probability bounded by ``conformal``.
+        confidence: ``null`` for the guarantee on average over reference sets; e.g. 0.9 for a guarantee of
+            this reference set with that probability (a higher threshold).
+        target_sensitivity: the sensitivity the "sensitivity" rule keeps on the labelled scans.
+        pixel_rule: "pixel_rate" (expected false-positive pixel fraction of a normal image <= pixel_target_fpr),
+            "any_region" (fraction of normal images with any false-positive region <= pixel_target_fpr) or "none".
+        pixel_target_fpr: alpha of the pixel rule; ``null`` takes ``target_fpr``.
+        probability: also map scores to probabilities: "none", "isotonic" or "platt" (labelled scans).
+        output: where the calibration file is written.
+        rescaled: ``predict`` with a calibration also writes scores and maps rescaled so that their
+            thresholds sit at 0.5 (``rescaled/<id>.npz``).
+    """
+
+    reference: str | None = None
+    rule: str = "conformal"
+    target_fpr: float = 0.05
+    confidence: float | None = None
+    target_sensitivity: float = 0.95
+    pixel_rule: str = "pixel_rate"
+    pixel_target_fpr: float | None = None
+    probability: str = "none"
+    output: str = "runs/calibration.json"
+    rescaled: bool = False
 
 
 @dataclass
@@ -139,6 +180,8 @@ class RunConfig:
         tracking: MLflow settings (:class:`medzsad.tracking.config.TrackingConfig`, a plain settings
             dataclass: composing it here imports no MLflow).
         device: "auto", "cpu", "cuda", "cuda:1"...
+        calibrate: how ``medzsad calibrate`` chooses thresholds.
+        calibration: a calibration file (``medzsad calibrate``) whose thresholds ``test`` and ``predict`` use.
     """
 
     method: str = "anomalyclip"
@@ -150,6 +193,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     device: str = "auto"
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    calibration: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -297,6 +342,7 @@ def validate_method_config(config: RunConfig) -> None:
     if bins is not None and config.eval.aupro_compat:
         raise ConfigError("eval.pixel_bins: the compatibility AUPRO (eval.aupro_compat) needs exact pixel scores")
     _validate_columns(config.eval.columns)
+    validate_decision_keys(config)
     workers_of = {"train.num_workers": config.train.num_workers, "eval.num_workers": config.eval.num_workers}
     for section, workers in workers_of.items():
         if workers is not None and workers < 0:
@@ -311,6 +357,33 @@ def _validate_columns(columns: list[str] | None) -> None:
     for column in columns or ():
         if not any(column.startswith(prefix) for prefix in _METRIC_PREFIXES):
             raise ConfigError(f"eval.columns: unknown metric {column!r}; known: {', '.join(_METRIC_PREFIXES)}")
+
+
+def validate_decision_keys(config: RunConfig) -> None:
+    """The ``calibrate.*`` choices and the volume/lesion keys of ``eval``, each error naming its key."""
+    section = config.calibrate
+    choices = {
+        "calibrate.rule": (section.rule, ("conformal", "f1max", "youden", "sensitivity")),
+        "calibrate.pixel_rule": (section.pixel_rule, ("pixel_rate", "any_region", "none")),
+        "calibrate.probability": (section.probability, ("none", "isotonic", "platt")),
+        "eval.volume_score": (config.eval.volume_score, ("max", "topk_mean")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    rates = {"calibrate.target_fpr": section.target_fpr, "calibrate.pixel_target_fpr": section.pixel_target_fpr}
+    rates |= {"calibrate.confidence": section.confidence}
+    for key, value in rates.items():
+        if value is not None and not 0 < value < 1:
+            raise ConfigError(f"{key}: expected a number between 0 and 1 (exclusive), got {value}")
+    if not 0 < section.target_sensitivity <= 1:
+        raise ConfigError(
+            f"calibrate.target_sensitivity: expected a number in (0, 1], got {section.target_sensitivity}"
+        )
+    if not 0 <= config.eval.lesion_min_iou <= 1:
+        raise ConfigError(f"eval.lesion_min_iou: expected a number in [0, 1], got {config.eval.lesion_min_iou}")
+    if config.eval.volume_top_k < 1:
+        raise ConfigError(f"eval.volume_top_k: expected at least 1 slice, got {config.eval.volume_top_k}")
 
 
 def method_config_for(config: RunConfig):

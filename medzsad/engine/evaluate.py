@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ class DatasetEvaluation:
     samples: list[SampleResult]
     review: list[ReviewSample] = field(default_factory=list)
     accumulator: MetricAccumulator | None = None
+    decisions: Any = None  # engine.calibrate.DecisionReport: thresholds, their origin, volume/lesion levels
 
 
 def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: int) -> list[ReviewSample]:
@@ -95,6 +96,7 @@ def evaluate(
     review_limit: int = 0,
     review_side: int = 256,
     maps_dir: Path | None = None,
+    consumer: Callable[[Batch, np.ndarray, np.ndarray], None] | None = None,
 ) -> DatasetEvaluation:
     """Evaluate ``method`` on one dataset of :class:`~medzsad.data.records.Sample`.
 
@@ -108,6 +110,8 @@ def evaluate(
             overlays; 0 keeps none.
         review_side: side of the kept review images in pixels.
         maps_dir: when given, every map is written there as ``<sample_id>.npz`` (float32).
+        consumer: called with ``(batch, scores, maps)`` for every batch (volume and calibration statistics,
+            :mod:`medzsad.engine.calibrate`); in one process only.
 
     Returns:
         :class:`DatasetEvaluation` with the metrics report and per-sample scores. Under torchrun every
@@ -117,7 +121,7 @@ def evaluate(
     processes = distributed.world_size()
     if processes == 1:
         state = _evaluate_indices(
-            method, dataset, range(len(dataset)), config, device, name, review_limit, review_side, maps_dir
+            method, dataset, range(len(dataset)), config, device, name, review_limit, review_side, maps_dir, consumer
         )
         accumulator, samples, review = state
         return DatasetEvaluation(name, accumulator.compute(), samples, review, accumulator)
@@ -181,6 +185,7 @@ def _evaluate_indices(
     review_limit: int,
     review_side: int,
     maps_dir: Path | None,
+    consumer: Callable[[Batch, np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[MetricAccumulator, list[SampleResult], list[ReviewSample]]:
     method.to(device).eval()
     method.backbone.set_precision(config.precision)
@@ -207,6 +212,8 @@ def _evaluate_indices(
     for batch in predict_batches(method, keyed, device, config.seed, config.compile):
         scores, maps = batch.pred_score.numpy(), batch.anomaly_map.numpy()
         _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
+        if consumer is not None:
+            consumer(batch, scores, maps)
         labelled = [i for i in range(len(batch)) if int(batch.label[i]) >= 0]
         if len(review) < review_limit and labelled:
             review.extend(_review_samples(batch, scores, maps, review_side)[: review_limit - len(review)])

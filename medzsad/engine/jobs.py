@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 import medzsad
 from medzsad.data.datasets import FolderDataset, ManifestDataset
 from medzsad.data.transforms import ClipImageTransform, Intensity
+from medzsad.engine import calibrate as decisions
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths, read_checkpoint_info
 from medzsad.engine.config import ConfigError, RunConfig, method_config_for
@@ -121,10 +122,21 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     method = build_method(config)
     _require_trained(method, config)
     transform = make_transform(config, method.image_size)
+    calibration = decisions.load_for(config, method)
+    writer = decisions.DecisionWriter(calibration, output_dir, config.calibrate.rescaled) if calibration else None
     batch_size, precision, seed = config.eval.batch_size, config.eval.precision, config.eval.seed
     options = folder_options(config)
     return predict_paths(
-        method, inputs, output_dir, device, transform, batch_size, precision, seed=seed, options=options
+        method,
+        inputs,
+        output_dir,
+        device,
+        transform,
+        batch_size,
+        precision,
+        seed=seed,
+        options=options,
+        decisions=writer,
     )
 
 
@@ -216,22 +228,33 @@ def evaluate_config(
     _require_trained(method, config)
     output_dir = Path(config.eval.output_dir)
     evaluations: dict[str, DatasetEvaluation] = {}
+    calibration = decisions.load_for(config, method)
+    eval_config = decisions.with_pixel_threshold(config.eval, calibration)
     for text in config.data.test:
         spec = parse_dataset_spec(text)
         dataset = open_dataset(text, config, method.image_size)
         maps_dir = output_dir / "maps" / spec.name if config.eval.save_maps else None
         review_limit = config.tracking.review_limit if config.tracking.enabled else 0
-        result = evaluate(method, dataset, config.eval, device, spec.name, review_limit, maps_dir=maps_dir)
+        collector = decisions.collector_for(config.eval, calibration)
+        consumer = decisions.VolumeConsumer(collector)
+        result = evaluate(
+            method, dataset, eval_config, device, spec.name, review_limit, maps_dir=maps_dir, consumer=consumer
+        )
         evaluations[spec.name] = result
         if not main:
             continue
+        one = distributed.world_size() == 1
+        result.decisions = decisions.decide(result.samples, calibration, config.eval, collector, one)
         write_scores(output_dir / f"scores_{spec.name}.csv", result)
+        decisions.write_decisions(output_dir, spec.name, result.decisions)
         if not quiet:
             print(f"\n{spec.name} ({method.name}; {_pixel_metric_kind(config)})")
             print(result.report.format_table(columns=config.eval.columns))
+            print(decisions.format_decisions(result.decisions))
         with _maybe_tracked(config, Purpose.ZERO_SHOT_EVAL, method, spec.name, _aux_data(config)) as run:
             if run is not None:
                 _log_evaluation(run, result, config)
+                decisions.log_decisions(run, result.decisions, calibration)
     if main:
         csv_path, json_path = write_tables(output_dir, evaluations)
         if not quiet:
@@ -273,17 +296,25 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
         run.log_review(
             review,
             result.name,
-            image_threshold=REVIEW_IMAGE_THRESHOLD,
-            pixel_threshold=config.eval.dice_threshold,
+            image_threshold=result.decisions.image.value if result.decisions else REVIEW_IMAGE_THRESHOLD,
+            pixel_threshold=result.decisions.pixel.value if result.decisions else config.eval.dice_threshold,
             panel_size=config.tracking.review_panel_size,
             page_limit=config.tracking.page_limit,
-            threshold_origin=(
-                f"image score {REVIEW_IMAGE_THRESHOLD:g} (fixed, not calibrated); "
-                f"map {config.eval.dice_threshold:g} (eval.dice_threshold)"
-            ),
+            threshold_origin=_threshold_origin(result, config),
             context={"method": config.method, "backbone": config.backbone.model_name},
         )
         _log_volume_figures(run, review, result.name)
+
+
+def _threshold_origin(result: DatasetEvaluation, config: RunConfig) -> str:
+    """Where the review's thresholds come from: the calibration's rule, alpha and n, or the fixed defaults."""
+    if result.decisions is not None:
+        pixel = result.decisions.pixel
+        return f"image score: {result.decisions.image.origin()}; map: {pixel.origin() if pixel else 'none'}"
+    return (
+        f"image score {REVIEW_IMAGE_THRESHOLD:g} (fixed, not calibrated); "
+        f"map {config.eval.dice_threshold:g} (eval.dice_threshold)"
+    )
 
 
 def _dataset_identity(result: DatasetEvaluation) -> tuple[str, dict[str, int]]:
@@ -340,6 +371,32 @@ def _log_curves(
         }
         if lines:
             run.log_curves(kind, lines, level=level, fpr_limit=limit)
+
+
+# -- calibrate -------------------------------------------------------------------------------------
+
+
+def run_calibrate(config: RunConfig) -> decisions.Calibration:
+    """Thresholds from the reference scans of ``calibrate.reference`` (rules: docs/decisions.md), written to
+    ``calibrate.output`` and logged to MLflow; the file is refused later by any other model."""
+    if not config.calibrate.reference:
+        raise ConfigError("calibrate.reference: give the reference scans, e.g. calibrate.reference=normals/meta.json")
+    device = distributed.setup(config.device)
+    if distributed.world_size() > 1:
+        raise ConfigError("calibrate: run it in one process (the reference maps' statistics are not merged)")
+    method = build_method(config)
+    _require_trained(method, config)
+    dataset = open_dataset(config.calibrate.reference, config, method.image_size)
+    reference = decisions.ReferenceConsumer()
+    scoring = dataclasses.replace(config.eval, pixel_metrics=False)  # the thresholds need no pixel metrics
+    result = evaluate(method, dataset, scoring, device, "reference", consumer=reference)
+    calibration, notes = decisions.build_calibration(method, result.samples, reference, config)
+    path = decisions.write_calibration(calibration, config.calibrate.output)
+    print(decisions.format_calibration(calibration, path, notes))
+    with _maybe_tracked(config, Purpose.CALIBRATION, method, "reference", _aux_data(config)) as run:
+        if run is not None:
+            decisions.log_calibration(run, calibration)
+    return calibration
 
 
 # -- train -----------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from medzsad.data.study import Item
 from medzsad.data.transforms import ClipImageTransform, map_to_original
 from medzsad.data.volumes import Volume, reassemble, volume_samples, write_nifti
 from medzsad.engine import distributed
+from medzsad.engine.calibrate import DecisionWriter
 from medzsad.engine.inference import KeyedBatch, predict_batches
 from medzsad.engine.randomness import NoiseKey
 from medzsad.methods.base import ZsadMethod
@@ -88,6 +89,7 @@ class _OpenVolume:
     slices: int
     axis: int = 0
     maps: dict[int, np.ndarray] = field(default_factory=dict)
+    scores: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +115,7 @@ class Predictor:
         batch_size: images per forward pass.
         precision: "fp32", "bf16" or "fp16".
         seed: run seed of the random draws of sampling methods (per input and frame).
+        decisions: writes decisions and masks from a calibration (:class:`~medzsad.engine.calibrate.DecisionWriter`).
     """
 
     def __init__(
@@ -124,7 +127,9 @@ class Predictor:
         batch_size: int = 8,
         precision: str = "fp32",
         seed: int = 0,
+        decisions: DecisionWriter | None = None,
     ) -> None:
+        self.decisions = decisions
         self.method = method.to(device).eval()
         self.method.backbone.set_precision(precision)
         self.output_dir = Path(output_dir)
@@ -231,6 +236,8 @@ class Predictor:
         caption = f"{result.sample_id} | score {result.score:.3g} | {intensity or 'as stored'}"
         atomic_write_bytes(self.output_dir / "overlays" / f"{result.sample_id}.png", overlay_png(image, full, caption))
         self.rows.append([result.sample_id, "image", result.score, height, width, None, None, intensity])
+        if self.decisions is not None:
+            self.decisions.image(result.sample_id, result.score, full)
         self.index_rows.append([result.sample_id, str(source)])
 
     def _add_slices(
@@ -242,20 +249,26 @@ class Predictor:
             open_volume.maps[index] = map_to_original(amap, result.original_size, pad_to_square=pad)
             volume_id = open_volume.volume_id
             self.rows.append([f"{volume_id}:{index}", "slice", result.score, None, None, volume_id, index, intensity])
+            open_volume.scores.append(result.score)
         if len(open_volume.maps) == open_volume.slices:
             indices = sorted(open_volume.maps)
             maps = [open_volume.maps[i] for i in indices]
             map_volume = reassemble(maps, open_volume.volume, open_volume.axis, indices)
             path = self.output_dir / "volumes" / f"{open_volume.volume_id}_map.nii.gz"
             write_nifti(map_volume, open_volume.volume, path)
+            if self.decisions is not None:
+                self.decisions.volume(open_volume.volume_id, open_volume.volume, map_volume, open_volume.scores)
             self.index_rows.append([open_volume.volume_id, str(open_volume.source)])
             open_volume.maps.clear()
 
     def finish(self) -> None:
         """Write the CSVs; under torchrun rank 0 writes every process's rows, in rank order."""
-        parts = distributed.gather_objects((self.rows, self.index_rows))
+        own = self.decisions.rows if self.decisions is not None else []
+        parts = distributed.gather_objects((self.rows, self.index_rows, own))
         if parts is None:
             return
+        if self.decisions is not None:
+            self.decisions.finish([row for part in parts for row in part[2]])
         rows = [row for part in parts for row in part[0]]
         index_rows = [row for part in parts for row in part[1]]
         header = ["sample_id", "kind", "score", "height", "width", "volume_id", "slice_index", "intensity"]
@@ -282,6 +295,7 @@ def predict_paths(
     report: Callable[[str], None] = print,
     seed: int = 0,
     options: dict | None = None,
+    decisions: DecisionWriter | None = None,
 ) -> PredictSummary:
     """Score every input; unreadable ones are reported (one line each) and skipped.
 
@@ -289,7 +303,7 @@ def predict_paths(
     the returned summary (counts, failures) covers every process's inputs, on every process.
     """
     summary = PredictSummary(Path(output_dir))
-    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, seed)
+    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, seed, decisions)
     inputs = list(inputs)
     dataset = scan_predict_inputs(inputs, transform, options)
     if distributed.is_main():

@@ -16,6 +16,7 @@ class Purpose(str, Enum):
     AUX_TRAIN = "aux-train"
     FINETUNE = "finetune"
     ZERO_SHOT_EVAL = "zero-shot-eval"
+    CALIBRATION = "calibration"
 
     @property
     def experiment_name(self) -> str:

@@ -282,6 +282,15 @@ class TrackedRun:
         guard_mapping({"digest": digest, "context": context, **{str(k): str(v) for k, v in profile.items()}}, "dataset")
         self._emit({"op": "dataset", "name": name, "digest": digest[:36], "profile": dict(profile), "context": context})
 
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> str:
+        """Log a small JSON document (e.g. a calibration file) as ``artifact_file``; every key and string
+        passes the PHI guard first. Returns the artifact path."""
+        _guard_json(data, artifact_file)
+        phi_guard(artifact_file, f"artifact path {artifact_file!r}")
+        self.spool.stage(artifact_file).write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
+        self._log_file(artifact_file)
+        return artifact_file
+
     def log_checkpoint(self, weights_path: str | Path, metadata_path: str | Path) -> None:
         """Log the prompt checkpoint as ``checkpoint/weights.safetensors`` + ``checkpoint/metadata.json``.
 
