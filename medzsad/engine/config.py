@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from medzsad.backbone.clip import BackboneConfig
+from medzsad.methods.memory import FewShotConfig
 
 
 class ConfigError(ValueError):
@@ -145,6 +146,8 @@ class RunConfig:
         backbone: which CLIP to build.
         data, train, eval, tracking: the sections above.
         device: "auto", "cpu", "cuda", "cuda:1"...
+        reference: few-shot normal references (manifest, folder, DICOM series, or a saved bank
+            ``.safetensors``); ``None`` is zero-shot. ``fewshot`` holds how they are used (docs/fewshot.md).
     """
 
     method: str = "anomalyclip"
@@ -156,6 +159,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     device: str = "auto"
+    reference: str | None = None
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
+from medzsad.backbone.visual import TokenTap
 
 T = TypeVar("T")
 
@@ -143,6 +144,16 @@ class ZsadMethod(nn.Module):
 
     def predict(self, images: torch.Tensor) -> MethodOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def predict_with_tokens(self, images: torch.Tensor, layers: tuple[int, ...]) -> tuple[MethodOutput, TokenTap]:
+        """:meth:`predict`, plus the tokens its own full-image backbone pass computed after ``layers``
+        (both streams, before ``ln_post``). The output is :meth:`predict`'s: the tap only keeps
+        references. Few-shot memory banks use it (:mod:`medzsad.methods.memory`)."""
+        with self.backbone.visual.tapped(layers) as tap:
+            output = self.predict(images)
+        if not tap.done:
+            raise RuntimeError(f"{self.name} ran no full-image pass of the backbone to take patch tokens from")
+        return output, tap
 
     def loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         raise NotImplementedError(f"{self.name} has no training loss")  # pragma: no cover
