@@ -64,7 +64,7 @@ def test_nearest_similarity_equals_brute_force_for_any_block_size():
     distances = 1 - values
     cdist = torch.cdist(queries.double(), bank.double()).min(dim=1).values ** 2 / 2  # |a-b|²/2 = 1 - cos
     torch.testing.assert_close(distances.double(), cdist, rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match=r"empty"):
         nearest_similarity(queries, bank[:0])
 
 
@@ -85,9 +85,9 @@ def test_default_layers_are_the_quarters_of_the_depth():
     assert default_layers(24) == [6, 12, 18, 24]
     assert default_layers(8) == [2, 4, 6, 8]
     assert resolve_layers(FewShotConfig(layers=[-1, 2]), 8) == (2, 8)
-    with pytest.raises(ValueError, match="fewshot.layers"):
+    with pytest.raises(ValueError, match=r"fewshot.layers"):
         resolve_layers(FewShotConfig(layers=[9]), 8)
-    with pytest.raises(ValueError, match="stream"):
+    with pytest.raises(ValueError, match=r"stream"):
         FewShotConfig(stream="other")
 
 
@@ -163,7 +163,7 @@ def test_a_reference_scores_zero_against_its_own_bank(backbone):
         bank = collect_bank(method, [images], config, {})
         out = FewShotMethod(method, bank, config).predict(images)
         assert out.extras["few_shot_raw"].abs().max() < 1e-5
-    with pytest.raises(ValueError, match="fewshot.stream"):
+    with pytest.raises(ValueError, match=r"fewshot.stream"):
         collect_bank(_method(backbone, "winclip"), [images], FewShotConfig(stream="dpam"), {})
 
 
@@ -172,5 +172,5 @@ def test_coreset_bank_and_layer_mismatch(backbone):
     config = FewShotConfig(layers=[8], max_bank_size=20)
     bank = collect_bank(method, [_images(2, seed=10)], config, {})
     assert len(bank) == 20
-    with pytest.raises(ValueError, match="fewshot.layers"):
+    with pytest.raises(ValueError, match=r"fewshot.layers"):
         FewShotMethod(method, bank, FewShotConfig(layers=[4]))
