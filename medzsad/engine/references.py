@@ -144,12 +144,24 @@ def build_bank(
     return bank
 
 
-def cache_path(fewshot: FewShotConfig, meta: dict[str, str], units: list, config: RunConfig) -> Path:
-    """Where the bank of these references is saved: a name keyed by everything its features depend on.
-    Reference keys enter only through a keyed hash (:func:`pseudonymous_id`), never as text."""
+def _member_key(dataset: Dataset, index: int) -> Hashable:
+    """What identifies one reference sample inside its dataset (file and slice or frame)."""
+    if isinstance(dataset, ManifestDataset):
+        record = dataset.records[index]
+        return (record.cls_name, record.img_path, record.slice_index, record.slice_axis, record.frame_index)
+    if isinstance(dataset, FolderDataset):
+        return dataset.entries[index]
+    return index
+
+
+def cache_path(fewshot: FewShotConfig, meta: dict[str, str], dataset: Dataset, units: list, config: RunConfig) -> Path:
+    """Where the bank of these references is saved: a name keyed by everything its features depend on,
+    down to which slices of a volume are used. Sample keys enter only through a keyed hash
+    (:func:`pseudonymous_id`), never as text."""
+    members = [_member_key(dataset, index) for _, indices in units for index in indices]
     key = {
         **meta,
-        "references": [pseudonymous_id(repr(unit)) for unit, _ in units],
+        "references": pseudonymous_id(repr(members)),
         "max_bank_size": fewshot.max_bank_size,
         "data": [config.data.pad_to_square, config.data.ct_window, config.data.mri_percentiles],
         "slice_axis": config.data.slice_axis,
@@ -182,7 +194,7 @@ def load_references(
     units = reference_units(dataset)[: fewshot.k]
     if not units:
         raise ConfigError(f"reference: no normal references found (split {fewshot.split!r} for a manifest)")
-    path = cache_path(fewshot, expected, units, config)
+    path = cache_path(fewshot, expected, dataset, units, config)
     if distributed.is_main() and not path.is_file():
         save_bank(build_bank(method, dataset, units, fewshot, device, config.eval.batch_size, expected), path)
     distributed.barrier()  # the bank file exists for every process once this returns

@@ -190,3 +190,25 @@ def test_torchrun_fewshot_evaluation_matches_one_process(data, tmp_path):
     banks = [refs.load_bank(next((tmp_path / f"banks{n}").glob("*.safetensors"))) for n in (1, 2)]
     assert banks[0].meta == banks[1].meta
     assert all(torch.equal(banks[0].features[layer], banks[1].features[layer]) for layer in banks[0].layers)
+
+
+def test_mlflow_run_holds_the_bank_and_its_references(data, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "store"
+    tracking = [
+        "tracking.enabled=true",
+        f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
+        f"tracking.artifact_location={store / 'mlartifacts'}",
+    ]
+    config = _config(data, tmp_path, f"reference={data['refs']}", "fewshot.k=2", *tracking)
+    evaluate_config(config, quiet=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    runs = [run for experiment in client.search_experiments() for run in client.search_runs([experiment.experiment_id])]
+    (run,) = [run for run in runs if "fewshot_k" in run.data.tags]
+    (bank_file,) = (tmp_path / "banks").glob("*.safetensors")
+    bank = refs.load_bank(bank_file)
+    assert run.data.tags["fewshot_k"] == "2" and run.data.tags["fewshot_layers"] == "2,4,6,8"
+    assert run.data.tags["fewshot_references"] == ",".join(bank.reference_ids)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "fewshot")] == ["fewshot/bank.safetensors"]
+    assert str(data["refs"].parent) not in str(run.data.params)  # the reference path is never a param
