@@ -8,11 +8,12 @@
    scan are the references for the other scan (both directions), with the same checkpoint.
 
 The added time per image is measured on one batch of 8 target images: the zero-shot method and its
-few-shot wrapper are timed alternately, 5 times each, and the difference of the fastest runs is divided
-by 8 (the fastest of several runs is what the method costs when the shared cores are not taken by
-others). Bank building is timed separately, once.
+few-shot wrapper are timed alternately, 5 times each, in CPU time of this process (all its threads;
+on a GPU, wall time after synchronising), and the difference of the fastest runs is divided by 8.
+CPU time, unlike wall time, does not grow when other jobs take the shared cores. Bank building is
+timed separately, once, in wall time.
 
-    python scripts/bench_fewshot.py                      # ~3 min on 2 CPU cores
+    python scripts/bench_fewshot.py                      # ~4 CPU-minutes; 10-25 min on 2 busy shared cores
     python scripts/bench_fewshot.py --methods anomalyclip clip --overrides device=cuda
 """
 
@@ -44,14 +45,18 @@ VOLUMES = Path(__file__).resolve().parents[2] / "shared" / "data" / "radiomics-s
 
 
 def added_seconds_per_image(method, images: torch.Tensor, repeats: int = 5) -> float:
-    """(fastest few-shot predict - fastest zero-shot predict) / images, timed alternately."""
+    """(fastest few-shot predict - fastest zero-shot predict) / images, timed alternately (CPU time)."""
+    cuda = images.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
     times: dict[str, list[float]] = {"zero": [], "few": []}
     with torch.inference_mode():
         for _ in range(repeats):
             for key, model in (("zero", method.method), ("few", method)):
-                started = time.perf_counter()
+                started = clock()
                 model.predict(images)
-                times[key].append(time.perf_counter() - started)
+                if cuda:
+                    torch.cuda.synchronize()
+                times[key].append(clock() - started)
     return (min(times["few"]) - min(times["zero"])) / len(images)
 
 
@@ -88,7 +93,7 @@ def measure(overrides: list[str], target: Path, reference: Path | None, k: int, 
 
 def print_rows(title: str, rows: dict[int, dict[str, float]]) -> None:
     print(f"\n{title}")
-    print("| k | image AUROC | pixel AUROC | AU-PRO@0.3 | added ms/image | bank build s | bank patches/layer |")
+    print("| k | image AUROC | pixel AUROC | AU-PRO@0.3 | added CPU ms/image | bank build s | bank patches/layer |")
     print("|---|---|---|---|---|---|---|")
     for k, row in rows.items():
         added = "–" if k == 0 else f"{1000 * row['added_s']:+.1f}"
