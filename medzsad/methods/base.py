@@ -145,12 +145,15 @@ class ZsadMethod(nn.Module):
     def predict(self, images: torch.Tensor) -> MethodOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def predict_with_tokens(self, images: torch.Tensor, layers: tuple[int, ...]) -> tuple[MethodOutput, TokenTap]:
-        """:meth:`predict`, plus the tokens its own full-image backbone pass computed after ``layers``
-        (both streams, before ``ln_post``). The output is :meth:`predict`'s: the tap only keeps
-        references. Few-shot memory banks use it (:mod:`medzsad.methods.memory`)."""
+    def predict_with_tokens(
+        self, images: torch.Tensor, layers: tuple[int, ...], *args: Any, **kwargs: Any
+    ) -> tuple[MethodOutput, TokenTap]:
+        """:meth:`predict` (given ``args``/``kwargs`` as they are), plus the tokens its own full-image
+        backbone pass computed after ``layers`` (both streams, before ``ln_post``). The output is
+        :meth:`predict`'s: the tap only keeps references. Few-shot memory banks use it
+        (:mod:`medzsad.methods.memory`)."""
         with self.backbone.visual.tapped(layers) as tap:
-            output = self.predict(images)
+            output = self.predict(images, *args, **kwargs)
         if not tap.done:
             raise RuntimeError(f"{self.name} ran no full-image pass of the backbone to take patch tokens from")
         return output, tap

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -266,11 +267,12 @@ class FewShotMethod(ZsadMethod):
         raw = upsample(patch_grid_maps(mean.unsqueeze(-1), grid), image_size, "bilinear")[:, 0]
         return raw, torch.stack(rows)
 
-    def predict(self, images: torch.Tensor) -> MethodOutput:
-        """The zero-shot output fused with the nearest-neighbour map (see :class:`FewShotConfig`)."""
+    def predict(self, images: torch.Tensor, *args: Any, **kwargs: Any) -> MethodOutput:
+        """The zero-shot output fused with the nearest-neighbour map (see :class:`FewShotConfig`); further
+        arguments (a sampling method's draws) go to the wrapped method's ``predict`` unchanged."""
         if not len(self.bank):
-            return self.method.predict(images)
-        out, tap = self.method.predict_with_tokens(images, self._layers)
+            return self.method.predict(images, *args, **kwargs)
+        out, tap = self.method.predict_with_tokens(images, self._layers, *args, **kwargs)
         raw, nearest = self.few_shot_raw(tap, (images.shape[-2], images.shape[-1]))
         smooth = gaussian_blur(raw, self.method.config.sigma)
         rule = self.fewshot.map_rule
