@@ -24,13 +24,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from medzsad.backbone.visual import DualPathVisionEncoder, TokenTap
-from medzsad.methods.base import MethodOutput, ZsadMethod
+from medzsad.methods.base import ForwardState, MethodOutput, ZsadMethod
 from medzsad.methods.postprocess import gaussian_blur, patch_grid_maps, upsample
 
 STREAMS = ("original", "dpam")
@@ -217,6 +216,23 @@ def fuse_scores(scores: torch.Tensor, few_shot_maps: torch.Tensor, rule: str) ->
     return scores
 
 
+@dataclass
+class FewShotState(ForwardState):
+    """What a few-shot prediction adds to the wrapped method's own state.
+
+    Attributes:
+        zero_shot: the wrapped method's output, unchanged (its ``state`` included).
+        few_shot_maps: ``[B, H, W]`` smoothed nearest-neighbour maps.
+        few_shot_raw: ``[B, H, W]`` the same before smoothing.
+        nearest_bank_rows: ``[L, B, h*w]`` per layer and patch, the bank row of the nearest normal patch.
+    """
+
+    zero_shot: MethodOutput
+    few_shot_maps: torch.Tensor
+    few_shot_raw: torch.Tensor
+    nearest_bank_rows: torch.Tensor
+
+
 class FewShotMethod(ZsadMethod):
     """A method with a memory bank of normal patches; its zero-shot computation is the wrapped method's.
 
@@ -231,6 +247,7 @@ class FewShotMethod(ZsadMethod):
     def __init__(self, method: ZsadMethod, bank: MemoryBank, config: FewShotConfig) -> None:
         super().__init__(method.backbone, method.config)
         self.name = method.name
+        self.training_free = method.training_free
         self.method = method
         self.prompt = method.prompt
         self.fewshot = config
@@ -244,11 +261,9 @@ class FewShotMethod(ZsadMethod):
         for layer, rows in bank.features.items():
             self.register_buffer(f"bank_{layer}", rows, persistent=False)
 
-    def reset_generator(self, seed: int | None = None) -> None:
-        self.method.reset_generator(seed)
-
-    def skip_test_draws(self, images: int) -> None:
-        self.method.skip_test_draws(images)
+    def noise_shape(self, training: bool) -> tuple[int, ...] | None:
+        """The wrapped method's draws: the engine seeds them per sample as for the method itself."""
+        return self.method.noise_shape(training)
 
     def few_shot_raw(self, tap: TokenTap, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(raw map [B, H, W], nearest bank rows [L, B, h*w])``: per patch, the cosine distance to the
@@ -267,20 +282,18 @@ class FewShotMethod(ZsadMethod):
         raw = upsample(patch_grid_maps(mean.unsqueeze(-1), grid), image_size, "bilinear")[:, 0]
         return raw, torch.stack(rows)
 
-    def predict(self, images: torch.Tensor, *args: Any, **kwargs: Any) -> MethodOutput:
-        """The zero-shot output fused with the nearest-neighbour map (see :class:`FewShotConfig`); further
-        arguments (a sampling method's draws) go to the wrapped method's ``predict`` unchanged."""
+    def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MethodOutput:
+        """The zero-shot output fused with the nearest-neighbour map (see :class:`FewShotConfig`);
+        ``noise`` (a sampling method's draws) goes to the wrapped method unchanged."""
         if not len(self.bank):
-            return self.method.predict(images, *args, **kwargs)
-        out, tap = self.method.predict_with_tokens(images, self._layers, *args, **kwargs)
+            return self.method.predict(images, noise)
+        out, tap = self.method.predict_with_tokens(images, self._layers, noise)
         raw, nearest = self.few_shot_raw(tap, (images.shape[-2], images.shape[-1]))
         smooth = gaussian_blur(raw, self.method.config.sigma)
         rule = self.fewshot.map_rule
-        extras = {**out.extras, "zero_shot_maps": out.anomaly_maps, "zero_shot_scores": out.image_scores}
-        extras.update({"few_shot_maps": smooth, "few_shot_raw": raw, "nearest_bank_rows": nearest})
         return MethodOutput(
             image_scores=fuse_scores(out.image_scores, smooth, self.fewshot.score_rule),
             anomaly_maps=fuse_maps(out.anomaly_maps, smooth, rule),
             raw_maps=fuse_maps(out.raw_maps, raw, rule),
-            extras=extras,
+            state=FewShotState(out, smooth, raw, nearest),
         )

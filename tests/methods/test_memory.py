@@ -97,14 +97,14 @@ def test_tapped_pass_leaves_the_output_unchanged_and_k0_is_zero_shot(backbone, n
     few-shot wrapper with an empty bank (k = 0) returns the zero-shot output exactly."""
     method = _method(backbone, name)
     images = _images(2)
-    method.reset_generator(0)
-    plain = method.predict(images)
-    method.reset_generator(0)
-    tapped, tap = method.predict_with_tokens(images, (2, 8))
+    shape = method.noise_shape(False)  # CoPS draws: the same draws for every call
+    noise = None if shape is None else torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
+    plain = method.predict(images, noise)
+    tapped, tap = method.predict_with_tokens(images, (2, 8), noise)
     assert sorted(tap.original) == [2, 8] and tap.original[2].shape == (2, 1 + 49, 64)
     wrapped = FewShotMethod(method, MemoryBank({}), FewShotConfig())
-    wrapped.reset_generator(0)
-    empty = wrapped.predict(images)
+    assert wrapped.noise_shape(False) == shape
+    empty = wrapped.predict(images, noise)
     for other in (tapped, empty):
         assert torch.equal(other.image_scores, plain.image_scores)
         assert torch.equal(other.anomaly_maps, plain.anomaly_maps)
@@ -152,7 +152,7 @@ def test_fused_output_equals_its_definition(backbone, map_rule, score_rule):
     peak = smooth.flatten(1).amax(dim=1)
     expected = {"mean_max": (zero.image_scores + peak) / 2, "add_max": zero.image_scores + peak}
     torch.testing.assert_close(fused.image_scores, expected.get(score_rule, zero.image_scores), rtol=0, atol=1e-6)
-    torch.testing.assert_close(fused.extras["few_shot_maps"], smooth, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fused.state.few_shot_maps, smooth, rtol=0, atol=1e-6)
 
 
 def test_a_reference_scores_zero_against_its_own_bank(backbone):
@@ -162,7 +162,7 @@ def test_a_reference_scores_zero_against_its_own_bank(backbone):
         method = _method(backbone, "clip")
         bank = collect_bank(method, [images], config, {})
         out = FewShotMethod(method, bank, config).predict(images)
-        assert out.extras["few_shot_raw"].abs().max() < 1e-5
+        assert out.state.few_shot_raw.abs().max() < 1e-5
     with pytest.raises(ValueError, match=r"fewshot.stream"):
         collect_bank(_method(backbone, "winclip"), [images], FewShotConfig(stream="dpam"), {})
 
