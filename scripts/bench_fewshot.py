@@ -13,7 +13,7 @@ on a GPU, wall time after synchronising), and the difference of the fastest runs
 CPU time, unlike wall time, does not grow when other jobs take the shared cores. Bank building is
 timed separately, once, in wall time.
 
-    python scripts/bench_fewshot.py                      # ~4 CPU-minutes; 10-25 min on 2 busy shared cores
+    python scripts/bench_fewshot.py          # AnomalyCLIP: ~4 CPU-minutes (13 to 60 min wall on 2 shared cores)
     python scripts/bench_fewshot.py --methods anomalyclip clip --overrides device=cuda
 """
 
