@@ -15,8 +15,8 @@ global feature is ``o_L[CLS] @ proj`` without ``ln_post``, as the reference code
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,28 @@ class VisualFeatures:
     global_features: torch.Tensor
     patch_features: list[torch.Tensor]
     grid_size: tuple[int, int]
+
+
+@dataclass
+class TokenTap:
+    """Tokens of a method's own full-image pass, recorded for few-shot memory banks.
+
+    Armed with :meth:`DualPathVisionEncoder.tapped`; the first :meth:`DualPathVisionEncoder.run_blocks`
+    call over the tokens of the last :meth:`DualPathVisionEncoder.embed` (the full image, not WinCLIP's
+    window sequences) records, after each block in ``layers`` (1-indexed), both streams as they are:
+    nothing is recomputed and the method's outputs are unchanged.
+
+    Attributes:
+        layers: blocks to record.
+        original: ``layer -> [B, 1 + h*w, C]`` original (q-k) stream tokens, before ``ln_post``.
+        value_value: the same for the V-V (DPAM) stream, for the layers the pass ran it at.
+    """
+
+    layers: tuple[int, ...]
+    original: dict[int, torch.Tensor] = field(default_factory=dict)
+    value_value: dict[int, torch.Tensor] = field(default_factory=dict)
+    expected_tokens: int | None = None
+    done: bool = False
 
 
 def resize_positional_embedding(pos_embed: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
@@ -93,6 +115,7 @@ class DualPathVisionEncoder(nn.Module):
         self.patch_size = tuple(visual.patch_size)
         self.compute_dtype: torch.dtype | None = None  # set by ClipBackbone.set_precision
         self._pos_cache: dict[tuple, torch.Tensor] = {}
+        self.tap: TokenTap | None = None
 
     @property
     def output_dim(self) -> int:
@@ -119,7 +142,21 @@ class DualPathVisionEncoder(nn.Module):
         x = torch.cat([cls, x], dim=1)
         x = x + self.positional_embedding(grid, x)
         x = visual.patch_dropout(x)
+        if self.tap is not None and self.tap.expected_tokens is None:
+            self.tap.expected_tokens = x.shape[1]
         return visual.ln_pre(x)
+
+    @contextlib.contextmanager
+    def tapped(self, layers: Sequence[int]) -> Iterator[TokenTap]:
+        """Record the tokens of the next full-image pass at ``layers`` (1-indexed, negative from the end)."""
+        wanted = tuple(layer if layer > 0 else self.num_layers + 1 + layer for layer in layers)
+        if not wanted or any(not 1 <= layer <= self.num_layers for layer in wanted):
+            raise ValueError(f"layers must be in 1..{self.num_layers} (or negative), got {list(layers)}")
+        self.tap = TokenTap(wanted)
+        try:
+            yield self.tap
+        finally:
+            self.tap = None
 
     def run_blocks(
         self, tokens: torch.Tensor, dpam_start_layer: int | None = None, collect: Sequence[int] = ()
@@ -133,6 +170,8 @@ class DualPathVisionEncoder(nn.Module):
         x = tokens
         vv: torch.Tensor | None = None
         collected: dict[int, torch.Tensor] = {}
+        tap = self.tap if self.tap is not None and not self.tap.done else None
+        tap = tap if tap is not None and tokens.shape[1] == tap.expected_tokens else None
         with blocks_precision(tokens.device, self.compute_dtype):
             for index, block in enumerate(self.visual.transformer.resblocks, start=1):
                 if dpam_start_layer is not None and index >= dpam_start_layer:
@@ -142,6 +181,12 @@ class DualPathVisionEncoder(nn.Module):
                     x = block(x)
                 if index in collect:
                     collected[index] = vv if vv is not None else x
+                if tap is not None and index in tap.layers:
+                    tap.original[index] = x.float()
+                    if vv is not None:
+                        tap.value_value[index] = vv.float()
+        if tap is not None:
+            tap.done = True
         return x.float(), {index: tokens.float() for index, tokens in collected.items()}
 
     def forward(

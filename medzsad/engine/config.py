@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from medzsad.backbone.config import BackboneConfig
+from medzsad.methods.fewshot_config import FewShotConfig
 from medzsad.tracking.config import TrackingConfig
 
 
@@ -182,6 +183,8 @@ class RunConfig:
         device: "auto", "cpu", "cuda", "cuda:1"...
         calibrate: how ``medzsad calibrate`` chooses thresholds.
         calibration: a calibration file (``medzsad calibrate``) whose thresholds ``test`` and ``predict`` use.
+        reference: few-shot normal references (manifest, folder, DICOM series, or a saved bank
+            ``.safetensors``); ``None`` is zero-shot. ``fewshot`` holds how they are used (docs/fewshot.md).
     """
 
     method: str = "anomalyclip"
@@ -195,6 +198,8 @@ class RunConfig:
     device: str = "auto"
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     calibration: str | None = None
+    reference: str | None = None
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,6 +29,7 @@ from medzsad.engine.config import ConfigError, RunConfig, method_config_for
 from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
 from medzsad.engine.outputs import mlflow_run_line
 from medzsad.engine.predict import PredictSummary, predict_paths
+from medzsad.engine.references import bank_tags, with_references, write_references
 from medzsad.engine.runtime import build_backbone, build_method
 from medzsad.engine.train import TrainResult, train
 from medzsad.methods.base import ZsadMethod
@@ -112,6 +113,15 @@ def open_dataset(spec: str | Path, config: RunConfig, image_size: int, root: str
     return FolderDataset(location, transform=transform, **options)
 
 
+def _few_shot(method: ZsadMethod, config: RunConfig, device: torch.device) -> ZsadMethod:
+    """``method`` with the memory bank of ``config.reference`` (read from split ``fewshot.split``), if any."""
+    data = dataclasses.replace(config.data, split=config.fewshot.split)
+    source = dataclasses.replace(config, data=data)
+    return with_references(
+        method, config, device, lambda: open_dataset(str(config.reference), source, method.image_size)
+    )
+
+
 # -- predict ---------------------------------------------------------------------------------------
 
 
@@ -121,12 +131,13 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     device = distributed.setup(config.device)
     method = build_method(config)
     _require_trained(method, config)
+    method = _few_shot(method, config, device)
     transform = make_transform(config, method.image_size)
     calibration = decisions.load_for(config, method)
     writer = decisions.DecisionWriter(calibration, output_dir, config.calibrate.rescaled) if calibration else None
     batch_size, precision, seed = config.eval.batch_size, config.eval.precision, config.eval.seed
     options = folder_options(config)
-    return predict_paths(
+    summary = predict_paths(
         method,
         inputs,
         output_dir,
@@ -138,6 +149,8 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
         options=options,
         decisions=writer,
     )
+    write_references(method, output_dir)
+    return summary
 
 
 # The image-score threshold the review calls a case abnormal at, until calibration provides one.
@@ -226,6 +239,7 @@ def evaluate_config(
     main = distributed.is_main()
     method = method if method is not None else build_method(config)
     _require_trained(method, config)
+    method = _few_shot(method, config, device)
     output_dir = Path(config.eval.output_dir)
     evaluations: dict[str, DatasetEvaluation] = {}
     calibration = decisions.load_for(config, method)
@@ -255,8 +269,11 @@ def evaluate_config(
             if run is not None:
                 _log_evaluation(run, result, config)
                 decisions.log_decisions(run, result.decisions, calibration)
+                if getattr(method, "bank_path", None) is not None:
+                    run.log_memory_bank(method.bank_path, bank_tags(method))
     if main:
         csv_path, json_path = write_tables(output_dir, evaluations)
+        write_references(method, output_dir)
         if not quiet:
             print(f"\ntables: {csv_path}, {json_path}")
     distributed.barrier()  # the tables exist for every process once this returns

@@ -1,27 +1,27 @@
 """Methods: AnomalyCLIP, FAPrompt, CoPS and training-free baselines over the shared backbone."""
 
-from medzsad.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
-from medzsad.methods.base import LossOutput, MethodConfig, MethodOutput, ZsadMethod
-from medzsad.methods.baselines import ClipPromptBaseline, ClipPromptConfig, WinClipBaseline, WinClipConfig
-from medzsad.methods.cops import CoPS, CoPSConfig
-from medzsad.methods.faprompt import FAPrompt, FAPromptConfig
-from medzsad.methods.registry import METHODS, method_class
+from medzsad.utils.lazy import lazy_exports
 
-__all__ = [
-    "METHODS",
-    "AnomalyCLIP",
-    "AnomalyCLIPConfig",
-    "ClipPromptBaseline",
-    "ClipPromptConfig",
-    "CoPS",
-    "CoPSConfig",
-    "FAPrompt",
-    "FAPromptConfig",
-    "LossOutput",
-    "MethodConfig",
-    "MethodOutput",
-    "WinClipBaseline",
-    "WinClipConfig",
-    "ZsadMethod",
-    "method_class",
-]
+# Imported on first use, so that a torch-free submodule (a config section) does not load every method.
+_EXPORTS = {
+    "AnomalyCLIP": "anomalyclip",
+    "AnomalyCLIPConfig": "anomalyclip",
+    "LossOutput": "base",
+    "MethodConfig": "base",
+    "MethodOutput": "base",
+    "ZsadMethod": "base",
+    "ClipPromptBaseline": "baselines",
+    "ClipPromptConfig": "baselines",
+    "WinClipBaseline": "baselines",
+    "WinClipConfig": "baselines",
+    "CoPS": "cops",
+    "CoPSConfig": "cops",
+    "FAPrompt": "faprompt",
+    "FAPromptConfig": "faprompt",
+    "FewShotConfig": "fewshot_config",
+    "METHODS": "registry",
+    "method_class": "registry",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

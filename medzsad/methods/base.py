@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
-from medzsad.backbone.visual import VisualFeatures
+from medzsad.backbone.visual import TokenTap, VisualFeatures
 
 T = TypeVar("T")
 
@@ -249,6 +249,19 @@ class ZsadMethod(nn.Module):
     def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MethodOutput:  # pragma: no cover
         """Scores and maps for ``images [B, 3, S, S]`` (CLIP-normalised); ``noise`` as :meth:`noise_shape`."""
         raise NotImplementedError
+
+    def predict_with_tokens(
+        self, images: torch.Tensor, layers: tuple[int, ...], noise: torch.Tensor | None = None
+    ) -> tuple[MethodOutput, TokenTap]:
+        """:meth:`predict`, plus the tokens its own full-image backbone pass computed after ``layers``
+        (both streams, before ``ln_post``; the forward states hold only the method's own layers). The
+        output is :meth:`predict`'s: the tap only keeps references. Few-shot memory banks use it
+        (:mod:`medzsad.methods.memory`)."""
+        with self.backbone.visual.tapped(layers) as tap:
+            output = self.predict(images, noise)
+        if not tap.done:
+            raise RuntimeError(f"{self.name} ran no full-image pass of the backbone to take patch tokens from")
+        return output, tap
 
     def loss(
         self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor | None = None

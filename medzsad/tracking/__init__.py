@@ -4,43 +4,36 @@ Fed by the engine with plain data (numbers, arrays, pseudonymous ids); decides n
 a method computes. See docs/tracking.md.
 """
 
-from medzsad.tracking.config import Purpose, TrackingConfig, sqlite_uri
-from medzsad.tracking.params import DEFAULT_PARAM_ALLOW, config_hash, select_params
-from medzsad.tracking.phi import PHIError, clear_forbidden, find_phi, phi_guard, register_forbidden
-from medzsad.tracking.review import ReviewSummary
-from medzsad.tracking.run import (
-    CheckpointFiles,
-    TrackedRun,
-    load_checkpoint_from_model,
-    load_checkpoint_from_run,
-    tracked_run,
-    upload_spool,
-)
-from medzsad.tracking.ui import UIServer, serve_ui
-from medzsad.viz import Curve, MapScale, ReviewSample  # re-exported: the types log_review/log_curves take
+from medzsad.utils.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_PARAM_ALLOW",
-    "CheckpointFiles",
-    "Curve",
-    "MapScale",
-    "PHIError",
-    "Purpose",
-    "ReviewSample",
-    "ReviewSummary",
-    "TrackedRun",
-    "TrackingConfig",
-    "UIServer",
-    "clear_forbidden",
-    "config_hash",
-    "find_phi",
-    "load_checkpoint_from_model",
-    "load_checkpoint_from_run",
-    "phi_guard",
-    "register_forbidden",
-    "select_params",
-    "serve_ui",
-    "sqlite_uri",
-    "tracked_run",
-    "upload_spool",
-]
+# Imported on first use: `engine.config` reads the settings dataclass (`tracking.config`) without
+# loading MLflow, torch or the renderers.
+_EXPORTS = {
+    "Purpose": "config",
+    "TrackingConfig": "config",
+    "sqlite_uri": "config",
+    "DEFAULT_PARAM_ALLOW": "params",
+    "config_hash": "params",
+    "select_params": "params",
+    "PHIError": "phi",
+    "clear_forbidden": "phi",
+    "find_phi": "phi",
+    "phi_guard": "phi",
+    "register_forbidden": "phi",
+    "ReviewSummary": "review",
+    "CheckpointFiles": "run",
+    "TrackedRun": "run",
+    "load_checkpoint_from_model": "run",
+    "load_checkpoint_from_run": "run",
+    "tracked_run": "run",
+    "upload_spool": "run",
+    "UIServer": "ui",
+    "serve_ui": "ui",
+    # re-exported: the types log_review/log_curves take
+    "Curve": "run",
+    "MapScale": "run",
+    "ReviewSample": "review",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)
