@@ -11,6 +11,7 @@ from medzsad.engine.config import ConfigError, RunConfig, load_config
 def dispatch(args: argparse.Namespace) -> int:
     handlers = {
         "predict": cmd_predict,
+        "export": cmd_export,
         "test": cmd_test,
         "train": cmd_train,
         "finetune": cmd_finetune,
@@ -31,6 +32,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from medzsad.engine import distributed
     from medzsad.engine.jobs import run_predict
 
+    if args.engine:
+        args.overrides.append(f"predict.engine={args.engine}")
     summary = run_predict(_config(args), args.input, Path(args.output))
     if not distributed.is_main():
         return 1 if summary.failures else 0
@@ -41,6 +44,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if summary.failures:
         print(f"{len(summary.failures)} input(s) could not be read (listed above)")
         return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from medzsad.deploy.export import OPSET
+    from medzsad.engine.jobs import run_export
+
+    result, bundle = run_export(_config(args), Path(args.output), args.format)
+    worst = max(result.max_abs_diff.values())
+    print(f"wrote {result.path} (ONNX opset {OPSET}; |ONNX - PyTorch| = {worst:.2g} on a check batch)")
+    if bundle is not None:
+        print(f"wrote MONAI bundle {bundle} (python -m monai.bundle run --config_file configs/inference.json ...)")
     return 0
 
 

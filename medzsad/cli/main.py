@@ -24,11 +24,12 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from medzsad.backbone.loading import WeightsUnavailableError
     from medzsad.data.errors import DataError
+    from medzsad.deploy.errors import DeployError
     from medzsad.engine.checkpoints import CheckpointError
     from medzsad.engine.config import ConfigError
     from medzsad.engine.train import TrainingError
 
-    return (UserError, ConfigError, CheckpointError, WeightsUnavailableError, DataError, TrainingError)
+    return (UserError, ConfigError, CheckpointError, WeightsUnavailableError, DataError, TrainingError, DeployError)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="anomaly maps, overlays and scores for images or scans")
     predict.add_argument("--input", "-i", action="append", required=True, help="image file, folder or scan")
     predict.add_argument("--output", "-o", default="predictions", help="output folder (default: predictions)")
+    predict.add_argument("--engine", choices=["torch", "onnx"], help="onnx: run a `medzsad export` file (checkpoint=)")
     _add_config_arguments(predict)
+
+    export = commands.add_parser("export", help="ONNX file and MONAI bundle of a trained method")
+    export.add_argument("--output", "-o", default="export", help="output folder (default: export)")
+    export.add_argument("--format", choices=["onnx", "bundle", "all"], default="all", help="what to write")
+    _add_config_arguments(export)
 
     test = commands.add_parser("test", help="zero-shot evaluation on target datasets")
     _add_config_arguments(test)

@@ -135,6 +135,22 @@ class TrackingSection:
 
 
 @dataclass
+class PredictSection:
+    """``medzsad predict`` options.
+
+    Attributes:
+        engine: ``"torch"`` (the method in PyTorch) or ``"onnx"`` (a file of ``medzsad export``, given as
+            ``checkpoint``, run with onnxruntime on the CPU; see docs/deploy.md).
+    """
+
+    engine: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("torch", "onnx"):
+            raise ValueError(f"engine: expected torch or onnx, got {self.engine!r}")
+
+
+@dataclass
 class RunConfig:
     """Everything a ``medzsad`` command needs.
 
@@ -143,7 +159,7 @@ class RunConfig:
         method_config: the method's options (validated against its config dataclass).
         checkpoint: a medzsad checkpoint (``.safetensors``/``.json``) or an official ``.pth``.
         backbone: which CLIP to build.
-        data, train, eval, tracking: the sections above.
+        data, train, eval, predict, tracking: the sections above.
         device: "auto", "cpu", "cuda", "cuda:1"...
     """
 
@@ -154,6 +170,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictSection = field(default_factory=PredictSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     device: str = "auto"
 

@@ -94,19 +94,24 @@ class Predictor:
         transform: image transform (size, padding, intensity).
         batch_size: images per forward pass.
         precision: "fp32", "bf16" or "fp16".
+        score_fn: ``images [B, 3, S, S] -> (scores [B], maps [B, S, S])`` numpy, run instead of
+            ``method`` (e.g. an exported model in onnxruntime, :mod:`medzsad.deploy`); ``method`` is then None.
     """
 
     def __init__(
         self,
-        method: ZsadMethod,
+        method: ZsadMethod | None,
         output_dir: Path,
         device: torch.device,
         transform: ClipImageTransform,
         batch_size: int = 8,
         precision: str = "fp32",
+        score_fn: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
-        self.method = method.to(device).eval()
-        self.method.backbone.set_precision(precision)
+        self.score_fn = score_fn
+        if method is not None:
+            self.method = method.to(device).eval()
+            self.method.backbone.set_precision(precision)
         self.output_dir = Path(output_dir)
         self.device = device
         self.transform = transform
@@ -117,6 +122,8 @@ class Predictor:
 
     def run_model(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """``(scores [B], maps [B, S, S])`` for a batch."""
+        if self.score_fn is not None:
+            return self.score_fn(batch.image)
         with torch.inference_mode():
             output = self.method.predict(batch.image.to(self.device))
         return output.image_scores.float().cpu().numpy(), output.anomaly_maps.float().cpu().numpy()
@@ -201,7 +208,7 @@ def samples_from_file(path: Path, transform: ClipImageTransform) -> list[Sample]
 
 
 def predict_paths(
-    method: ZsadMethod,
+    method: ZsadMethod | None,
     inputs: Iterable[str | Path],
     output_dir: str | Path,
     device: torch.device,
@@ -209,14 +216,17 @@ def predict_paths(
     batch_size: int = 8,
     precision: str = "fp32",
     report: Callable[[str], None] = print,
+    score_fn: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> PredictSummary:
     """Score every input; unreadable ones are reported (one line each) and skipped.
+
+    ``score_fn`` replaces ``method`` (see :class:`Predictor`).
 
     Under torchrun each process scores its block of the inputs and reports its own unreadable ones;
     the returned summary (counts, failures) covers every process's inputs, on every process.
     """
     summary = PredictSummary(Path(output_dir))
-    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision)
+    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, score_fn)
     inputs = list(inputs)
     paths = list(expand_inputs(inputs))
     if not paths:
