@@ -186,18 +186,15 @@ class Detector:
 
     def _meta_tensor(self, image: Any) -> Detection:
         array = np.asarray(image.detach().cpu().numpy())
-        channel = array.ndim == 4 or (array.ndim == 3 and array.shape[0] in (1, 3))
-        if array.ndim == 4 and array.shape[0] != 1:
-            raise DeployError(f"a MetaTensor volume must have one channel, got shape {list(array.shape)}")
-        spatial = array[0] if channel and array.shape[0] == 1 else array
-        if spatial.ndim == 3 and (array.ndim == 4 or not channel):
-            result = self._volume(_canonical(_as_volume_array(spatial), np.asarray(image.affine, dtype=np.float64)))
+        spatial, channel_first = _split_channel(array, image.meta)
+        if _spatial_dims(array, image.meta) == 3:
+            affine = np.asarray(image.affine, dtype=np.float64)
+            result = self._volume(_canonical(_as_volume_array(spatial), affine))
         else:
-            # MONAI keeps 2-D images as [x, y] (or [C, x, y]): image rows are its second axis.
-            pixels = np.moveaxis(spatial, 0, -1) if spatial.ndim == 3 else spatial
-            result = self._image(np.ascontiguousarray(np.swapaxes(pixels, 0, 1)))
+            # MONAI keeps 2-D images as [x, y] (colour last here): image rows are its second axis.
+            result = self._image(np.ascontiguousarray(np.swapaxes(spatial, 0, 1)))
             result.map, result.mask = result.map.T, result.mask.T
-        keep_channel = channel and array.shape[0] == 1
+        keep_channel = channel_first is True and array.shape[0] == 1
         result.map = _like(image, result.map, keep_channel)
         result.mask = _like(image, result.mask, keep_channel)
         return result
@@ -241,6 +238,29 @@ def _is_meta_tensor(value: Any) -> bool:
     return isinstance(value, MetaTensor)
 
 
+def _spatial_dims(array: np.ndarray, meta: dict) -> int:
+    """Spatial dimensions of a MetaTensor: from MONAI's ``spatial_shape`` metadata, else ``ndim``."""
+    shape = meta.get("spatial_shape")
+    return len(np.asarray(shape).ravel()) if shape is not None else array.ndim
+
+
+def _split_channel(array: np.ndarray, meta: dict) -> tuple[np.ndarray, bool | None]:
+    """``(data, channel_first)`` of a MetaTensor's array: a single channel dropped, colour moved last.
+
+    ``channel_first`` is True for ``[C, ...]``, False for ``[..., C]`` (a colour PNG loads as
+    ``[x, y, 3]``) and None without a channel.
+    """
+    dims = _spatial_dims(array, meta)
+    if array.ndim == dims:
+        return array, None
+    if array.ndim != dims + 1 or (dims == 3 and 1 not in (array.shape[0], array.shape[-1])):
+        raise DeployError(f"expected a MetaTensor image or one-channel volume, got shape {list(array.shape)}")
+    spatial_shape = tuple(int(n) for n in np.asarray(meta.get("spatial_shape", ())).ravel())
+    channel_first = tuple(array.shape[1:]) == spatial_shape or array.shape[0] == 1
+    data = np.moveaxis(array, 0, -1) if channel_first else array
+    return (data[..., 0] if data.shape[-1] == 1 else data), channel_first
+
+
 def _as_volume_array(array: np.ndarray) -> np.ndarray:
     if array.ndim != 3:
         raise DeployError(f"a volume must be 3-D [X, Y, Z], got shape {list(array.shape)}")
@@ -254,4 +274,4 @@ def _like(image: Any, array: np.ndarray, add_channel: bool) -> Any:
     data = torch.from_numpy(np.ascontiguousarray(array))
     if add_channel:
         data = data.unsqueeze(0)
-    return MetaTensor(data, affine=image.affine, meta=dict(image.meta))
+    return MetaTensor(data, meta=dict(image.meta))  # the meta carries the input's affine
