@@ -153,11 +153,28 @@ def untraceable_message(name: str, exc: BaseException) -> str:
     if marker in text:
         text = text.split(marker, 1)[1]
     detail = text.strip(" #:")[:240]
+    where = _user_frame(exc)
     return (
-        f"method {name!r}: its inference graph cannot be traced for ONNX ({exc.__class__.__name__}: {detail}). "
+        f"method {name!r}: its inference graph cannot be traced for ONNX{where} "
+        f"({exc.__class__.__name__}: {detail}). "
         "Export needs predict() to be tensor operations only: no Python branches or loops on tensor values "
         "or on the batch size, no .item()/.tolist(), no custom kernels"
     )
+
+
+def _user_frame(exc: BaseException) -> str:
+    """`` at file.py:line`` of the deepest frame outside the installed libraries along the exception chain."""
+    import traceback
+
+    found = ""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if "site-packages" not in frame.filename and "medzsad/deploy" not in frame.filename:
+                found = f" at {Path(frame.filename).name}:{frame.lineno}"
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def _write_metadata(path: Path, metadata: ExportMetadata) -> None:

@@ -177,4 +177,5 @@ def test_untraceable_method_is_refused_with_the_reason(tiny_backbone, tmp_path):
         export_onnx(method, tmp_path / "bad.onnx")
     text = str(info.value)
     assert "cannot be traced" in text and "anomalyclip" in text and "tensor operations" in text
+    assert "at test_deploy_api.py:" in text and "data-dependent" in text  # where, and why
     assert "\n" not in text and not (tmp_path / "bad.onnx").exists()
