@@ -23,7 +23,7 @@ Decisions: ``score >= image_threshold``; mask: ``map >= pixel_threshold``. The t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from medzsad.data.transforms import ClipImageTransform, map_to_original
 # _canonical: the data layer's own array + affine -> canonical Volume step, reused for in-memory volumes.
 from medzsad.data.volumes import Volume, _canonical, predict_volume, read_volume
 from medzsad.deploy.errors import DeployError
+from medzsad.engine.predict import PredictSummary, _is_volume, predict_paths
 
 ScoreFn = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
 
@@ -146,6 +147,22 @@ class Detector:
             return self._volume(_canonical(_as_volume_array(array), np.eye(4)))
         return self._image(array)
 
+    def write_predictions(
+        self, inputs: Iterable[str | os.PathLike[str]], output_dir: str | os.PathLike[str], report=print
+    ) -> PredictSummary:
+        """``medzsad predict`` with this detector's model and preprocessing: maps, overlays, volumes and
+        ``scores.csv`` for every input (files, folders, DICOM series), unreadable inputs skipped."""
+        return predict_paths(
+            None,
+            inputs,
+            Path(output_dir),
+            torch.device("cpu"),
+            self.transform,
+            self.batch_size,
+            report=report,
+            score_fn=self.score_images,
+        )
+
     def score_images(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Scores ``[B]`` and maps ``[B, S, S]`` at model resolution for preprocessed ``images``."""
         scores, maps = self.score_fn(images)
@@ -173,8 +190,6 @@ class Detector:
         return result
 
     def _path(self, path: Path) -> Detection:
-        from medzsad.engine.predict import _is_volume
-
         if not path.exists():
             raise DeployError(f"{path}: not found")
         if _is_volume(path):

@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import torch
-
 from medzsad.data.transforms import ClipImageTransform
 from medzsad.deploy.bundle import write_bundle
-from medzsad.deploy.export import ExportResult, export_onnx, transform_from_metadata
-from medzsad.deploy.onnx_runtime import OnnxModel
-from medzsad.engine.predict import PredictSummary, predict_paths
+from medzsad.deploy.detector import Detector
+from medzsad.deploy.export import ExportResult, export_onnx
+from medzsad.engine.predict import PredictSummary
 from medzsad.methods.base import ZsadMethod
 
 FORMATS = ("onnx", "bundle", "all")
@@ -33,10 +31,6 @@ def predict_onnx(
     batch_size: int = 8,
     report: Callable[[str], None] = print,
 ) -> PredictSummary:
-    """``medzsad predict`` with the exported file in onnxruntime (CPU); the preprocessing is the one
-    stored in the file, the outputs are those of the PyTorch engine."""
-    model = OnnxModel(model_path)
-    transform = transform_from_metadata(model.metadata)
-    return predict_paths(
-        None, inputs, output_dir, torch.device("cpu"), transform, batch_size, report=report, score_fn=model
-    )
+    """``medzsad predict`` with the exported file in onnxruntime (CPU) through :class:`Detector`; the
+    preprocessing is the one stored in the file, the outputs are those of the PyTorch engine."""
+    return Detector.from_onnx(model_path, batch_size=batch_size).write_predictions(inputs, output_dir, report)

@@ -23,6 +23,7 @@ from medzsad.deploy.onnx_runtime import OnnxModel
 from medzsad.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
 
 TOLERANCE = 1e-4
+pytestmark = pytest.mark.slow  # each method is exported once per session (minutes on 2 shared cores)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +99,10 @@ def test_detector_on_path_array_and_metatensor(ac, scans, torch_predictions):
     assert on_file.mask.dtype == bool and on_file.mask.shape == on_file.map.shape
     assert on_file.decision == (on_file.score >= 0.5) and len(on_file.slice_scores) == 5
     assert on_file.score == pytest.approx(float(on_file.slice_scores.max()))
+
+    array = np.asarray(nib.load(scans["nifti"]).dataobj, dtype=np.float32)
+    on_array_volume = detector(array)  # identity affine: same axis order and directions as the file's
+    assert np.abs(on_array_volume.map - expected).max() <= TOLERANCE
 
     loaded = LoadImage(image_only=True)(str(scans["nifti"]))
     on_meta = detector(loaded)

@@ -16,6 +16,7 @@ from medzsad.deploy.onnx_runtime import EXPORT_FORMAT, OnnxModel
 from medzsad.methods.registry import METHODS
 
 TOLERANCE = 1e-4
+pytestmark = pytest.mark.slow  # each method is exported once per session (minutes on 2 shared cores)
 
 
 @pytest.fixture(scope="module", params=sorted(METHODS))
