@@ -6,25 +6,19 @@ export is cached for the session and shared by the tests that need it.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from deploy_helpers import TINY
 
 from medzsad.backbone.clip import BackboneConfig, ClipBackbone
 from medzsad.cli.main import main
 from medzsad.engine.checkpoints import save_checkpoint
 from medzsad.methods.registry import method_class
-
-TINY = [
-    "backbone.model_name=medzsad-tiny-fast",
-    "backbone.pretrained=null",
-    "method_config.image_size=224",
-    "tracking.enabled=false",
-    "device=cpu",
-]
 
 
 @dataclass
@@ -44,27 +38,28 @@ def tiny_backbone() -> ClipBackbone:
 
 @pytest.fixture(scope="session")
 def deployed(tmp_path_factory, tiny_backbone):
-    """``deployed(name)``: checkpoint (seeded random prompts) and export of method ``name``, made once."""
-    made: dict[str, Deployed] = {}
+    """``deployed(name)``: checkpoint (seeded random prompts) and export of method ``name``, made once.
+
+    Under pytest-xdist the workers share one folder (the parent of their temporary roots) and a lock
+    per method, so the first worker that needs a method exports it and the others reuse the files.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "deploy_exports"
+    shared.mkdir(parents=True, exist_ok=True)
 
     def get(name: str) -> Deployed:
-        if name not in made:
-            root = tmp_path_factory.mktemp(f"deploy_{name}")
-            cls = method_class(name)
-            torch.manual_seed(0)
-            checkpoint, _ = save_checkpoint(cls(tiny_backbone, cls.config_class(image_size=224)), root / "ckpt")
-            overrides = [*TINY, f"method={name}", f"checkpoint={checkpoint}"]
-            assert main(["export", "-o", str(root / "export"), *overrides]) == 0
-            made[name] = Deployed(name, checkpoint, root / "export" / "model.onnx", root / "export" / "bundle")
-        return made[name]
+        root = shared / name
+        item = Deployed(name, root / "ckpt.safetensors", root / "export" / "model.onnx", root / "export" / "bundle")
+        with open(shared / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not (root / "done").is_file():
+                root.mkdir(exist_ok=True)
+                cls = method_class(name)
+                torch.manual_seed(0)
+                save_checkpoint(cls(tiny_backbone, cls.config_class(image_size=224)), root / "ckpt")
+                overrides = [*TINY, f"method={name}", f"checkpoint={item.checkpoint}"]
+                assert main(["export", "-o", str(root / "export"), *overrides]) == 0
+                (root / "done").write_text("")
+        return item
 
     return get
-
-
-def textures(count: int, size: int = 224, seed: int = 0) -> torch.Tensor:
-    """CLIP-normalised-like images ``[count, 3, size, size]`` with structure (stripes and a dark patch)."""
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0, 1, (count, 3, size, size)).astype(np.float32)
-    images += np.sin(np.arange(size) / 5.0)[None, None, None, :].astype(np.float32)
-    images[:, :, 40:90, 60:120] -= 2.0
-    return torch.from_numpy(images)

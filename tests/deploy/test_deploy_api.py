@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import TINY
+from deploy_helpers import TINY
 from PIL import Image
 
 from medzsad.cli.main import main

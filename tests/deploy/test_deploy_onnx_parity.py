@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import textures
+from deploy_helpers import textures
 
 from medzsad.deploy.detector import torch_score_fn
 from medzsad.deploy.model import load_method
