@@ -22,6 +22,7 @@ Decisions: ``score >= image_threshold``; mask: ``map >= pixel_threshold``. The t
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,11 +33,10 @@ import numpy as np
 import torch
 
 from medzsad.data.readers import read_frames
-from medzsad.data.records import Batch
 from medzsad.data.transforms import ClipImageTransform, map_to_original
 
 # _canonical: the data layer's own array + affine -> canonical Volume step, reused for in-memory volumes.
-from medzsad.data.volumes import Volume, _canonical, predict_volume, read_volume
+from medzsad.data.volumes import Volume, _canonical, read_volume, reassemble, volume_samples
 from medzsad.deploy.errors import DeployError
 from medzsad.engine.predict import PredictSummary, _is_volume, predict_paths
 
@@ -177,16 +177,20 @@ class Detector:
         return self._decide(float(scores[0]), full)
 
     def _volume(self, volume: Volume) -> Detection:
-        slice_scores: list[float] = []
-
-        def map_fn(batch: Batch) -> np.ndarray:
-            scores, maps = self.score_images(batch.image)
-            slice_scores.extend(scores.tolist())
-            return maps
-
-        grid = predict_volume(volume, map_fn, transform=self.transform, batch_size=self.batch_size)
-        result = self._decide(max(slice_scores), volume.to_source_layout(grid))
-        result.slice_scores = np.asarray(slice_scores, dtype=np.float32)
+        """Slice by slice along the axial axis as ``medzsad predict`` does, maps reassembled on the grid."""
+        samples = volume_samples(volume, transform=self.transform)
+        scores: list[float] = []
+        maps: list[np.ndarray] = []
+        indices: list[int] = []
+        while chunk := list(itertools.islice(samples, self.batch_size)):
+            batch_scores, batch_maps = self.score_images(torch.stack([sample.image for sample in chunk]))
+            scores.extend(batch_scores.tolist())
+            for sample, amap in zip(chunk, batch_maps):
+                maps.append(map_to_original(amap, sample.original_size, pad_to_square=self.transform.pad_to_square))
+                indices.append(int(sample.slice_index or 0))
+        grid = reassemble(maps, volume, "axial", indices)
+        result = self._decide(max(scores), volume.to_source_layout(grid))
+        result.slice_scores = np.asarray(scores, dtype=np.float32)
         return result
 
     def _path(self, path: Path) -> Detection:

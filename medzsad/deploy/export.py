@@ -85,7 +85,7 @@ def export_metadata(
         "opset": str(OPSET),
     }
     if deployment_noise(method) is not None:
-        extra["test_draws"] = f"seeded per image: the first draws of seed {method.config.seed} for every image"
+        extra["test_draws"] = "seeded: every image gets the draws of predict's first input, run seed 0"
     return ExportMetadata(
         method=method.name,
         image_size=method.image_size,

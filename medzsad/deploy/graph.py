@@ -7,11 +7,12 @@ of the deployment API, so both run exactly the same computation:
   constant (:func:`frozen_text`), so they are folded into the exported file as initializers;
 * per-image text (FAPrompt's prior pass, CoPS's synthesised prompts) stays in the graph, because the
   methods compute it from the image;
-* CoPS's test-time VAE draws are seeded: every image gets the first ``R`` draws of the method's
-  generator restarted from ``config.seed`` (:func:`deployment_noise`). A deployed model thus gives an
-  image the same score whatever else is in its batch or run. ``medzsad test``/``predict`` on the
-  PyTorch engine draw image by image from one stream instead, so for CoPS they agree with the
-  deployed model on the first image of a run only; every other method is deterministic.
+* CoPS's test-time VAE draws are seeded: every image gets the draws the engine gives the first frame
+  of the first input of a ``predict`` run (run seed 0, :func:`deployment_noise`), a constant of the
+  graph. A deployed model thus gives an image the same score whatever else is in its batch or run.
+  ``medzsad test``/``predict`` on the PyTorch engine seed each sample by its position in the run
+  instead, so for CoPS they agree with the deployed model on a run's first input only; every other
+  method is deterministic.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from medzsad.engine.randomness import sample_noise
 from medzsad.methods.base import ZsadMethod
 
 
@@ -56,20 +58,18 @@ def _device(method: ZsadMethod) -> torch.device:
     return method.backbone.clip.token_embedding.weight.device
 
 
-def deployment_noise(method: ZsadMethod) -> torch.Tensor | None:
-    """CoPS's test-time VAE draws for one image, ``[R, D]``: the first draws of its generator restarted
-    from ``config.seed``; ``None`` for the deterministic methods (which draw nothing)."""
-    samples = getattr(method.config, "test_samples", None)
-    if samples is None or not hasattr(method, "_draw"):
-        return None
-    generator = torch.Generator().manual_seed(int(method.config.seed))
-    return torch.randn((samples, method.backbone.embed_dim), generator=generator)
+def deployment_noise(method: ZsadMethod, seed: int = 0) -> torch.Tensor | None:
+    """The draws every image gets in a deployed model, ``noise_shape`` (CoPS: ``[R, D]``): those the
+    engine gives the first frame of the first input of a ``predict`` run with run seed ``seed``
+    (:mod:`medzsad.engine.randomness`); ``None`` for the methods that draw nothing."""
+    shape = method.noise_shape(False)
+    return None if shape is None else sample_noise(shape, seed, [(0, 0)])[0]
 
 
 def _predict(method: ZsadMethod, images: torch.Tensor, noise: torch.Tensor | None = None):
     if noise is None:
         return method.predict(images)
-    return method.predict(images, noise=noise.to(images).expand(images.shape[0], -1, -1))
+    return method.predict(images, noise.to(images).expand(images.shape[0], *noise.shape))
 
 
 def exportable_copy(method: ZsadMethod) -> ZsadMethod:

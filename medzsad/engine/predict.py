@@ -18,7 +18,8 @@ rank 0 writes ``scores.csv`` and ``sample_index.local.csv`` with every process's
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,14 +31,17 @@ from tqdm.auto import tqdm
 from medzsad.data.errors import DataError
 from medzsad.data.ids import pseudonymous_id
 from medzsad.data.readers import detect_format, iter_image_files, read_frames
-from medzsad.data.records import Batch, Sample, collate_samples
+from medzsad.data.records import Batch, Sample, SampleResult, collate_samples
 from medzsad.data.transforms import ClipImageTransform, map_to_original
-from medzsad.data.volumes import predict_volume, read_volume, write_nifti
+from medzsad.data.volumes import Volume, read_volume, reassemble, volume_samples, write_nifti
 from medzsad.engine import distributed
 from medzsad.engine.evaluate import display_images
+from medzsad.engine.inference import KeyedBatch, predict_batches
+from medzsad.engine.randomness import NoiseKey
 from medzsad.methods.base import ZsadMethod
 from medzsad.tracking.render import MapScale, heat_rgb
-from medzsad.utils.files import atomic_write_bytes, atomic_write_text
+from medzsad.utils.files import atomic_write_bytes
+from medzsad.utils.tables import write_csv
 
 VOLUME_FORMATS = {"nifti", "nrrd", "itk", "dicom_series"}
 OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image
@@ -84,8 +88,31 @@ def _holds_only_dicom(folder: Path) -> bool:
         return False
 
 
+@dataclass
+class _OpenVolume:
+    """A volume whose slice maps are coming back from the model."""
+
+    volume: Volume
+    volume_id: str
+    source: Path
+    slices: int
+    maps: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """What the writer needs to know about a batch it has not received yet: each sample's source file,
+    or the volume its slices belong to."""
+
+    sources: list[Path]
+    volume: _OpenVolume | None = None
+
+
 class Predictor:
-    """Runs a method on batches and writes the outputs of each image.
+    """Runs a method over inputs through the engine's inference loop and writes each image's outputs.
+
+    Images of consecutive files share batches; a volume's slices are batched on their own and its map
+    volume is written once its last slice is back.
 
     Args:
         method: the model.
@@ -94,8 +121,9 @@ class Predictor:
         transform: image transform (size, padding, intensity).
         batch_size: images per forward pass.
         precision: "fp32", "bf16" or "fp16".
+        seed: run seed of the random draws of sampling methods (per input and frame).
         score_fn: ``images [B, 3, S, S] -> (scores [B], maps [B, S, S])`` numpy, run instead of
-            ``method`` (e.g. an exported model in onnxruntime, :mod:`medzsad.deploy`); ``method`` is then None.
+            ``method`` (an exported model in onnxruntime, :mod:`medzsad.deploy`); ``method`` is then None.
     """
 
     def __init__(
@@ -106,6 +134,7 @@ class Predictor:
         transform: ClipImageTransform,
         batch_size: int = 8,
         precision: str = "fp32",
+        seed: int = 0,
         score_fn: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.score_fn = score_fn
@@ -117,65 +146,124 @@ class Predictor:
         self.transform = transform
         self.batch_size = batch_size
         self.precision = precision
-        self.rows: list[str] = ["sample_id,kind,score,height,width,volume_id,slice_index"]
-        self.index_rows: list[str] = ["sample_id,source"]
+        self.seed = seed
+        self.rows: list[list] = []
+        self.index_rows: list[list[str]] = []
+        self._pending: deque[_Pending] = deque()
 
-    def run_model(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores [B], maps [B, S, S])`` for a batch."""
-        if self.score_fn is not None:
-            return self.score_fn(batch.image)
-        with torch.inference_mode():
-            output = self.method.predict(batch.image.to(self.device))
-        return output.image_scores.float().cpu().numpy(), output.anomaly_maps.float().cpu().numpy()
+    def run(self, paths: Sequence[Path], first: int, summary: PredictSummary, report: Callable[[str], None]) -> None:
+        """Score ``paths`` (inputs ``first, first + 1, ...`` of the run: their noise keys); unreadable
+        inputs are reported and counted in ``summary.failures``."""
+        batches = self._batches(paths, first, summary, report)
+        loop = self._scored(batches) if self.score_fn else predict_batches(self.method, batches, self.device, self.seed)
+        for batch in loop:
+            self._write(batch, self._pending.popleft())
 
-    def predict_images(self, samples: list[Sample], source: Path) -> None:
-        for start in range(0, len(samples), self.batch_size):
-            chunk = samples[start : start + self.batch_size]
-            batch = collate_samples(chunk)
-            scores, maps = self.run_model(batch)
-            pixels = display_images(batch.image)
-            for sample, score, amap, image in zip(chunk, scores, maps, pixels):
-                self._write_image_outputs(sample, float(score), amap, image, source)
+    def _scored(self, batches: Iterable[KeyedBatch]) -> Iterator[Batch]:
+        """The batches with ``score_fn``'s predictions set (its own draws: the noise keys are unused)."""
+        for batch, _ in batches:
+            scores, maps = self.score_fn(batch.image)
+            batch.pred_score, batch.anomaly_map = torch.as_tensor(scores), torch.as_tensor(maps)
+            yield batch
 
-    def _write_image_outputs(self, sample: Sample, score: float, amap: np.ndarray, image: np.ndarray, source: Path):
-        height, width = sample.original_size
-        full = map_to_original(amap, (height, width), pad_to_square=self.transform.pad_to_square)
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, anomaly_map=full, score=np.float32(score))
-        atomic_write_bytes(self.output_dir / "maps" / f"{sample.sample_id}.npz", buffer.getvalue())
-        atomic_write_bytes(self.output_dir / "overlays" / f"{sample.sample_id}.png", overlay_png(image, full))
-        self.rows.append(f"{sample.sample_id},image,{score:.8g},{height},{width},,")
-        self.index_rows.append(f"{sample.sample_id},{_quote(str(source))}")
+    # -- reading: keyed batches for the loop -------------------------------------------------------
+    def _batches(
+        self, paths: Sequence[Path], first: int, summary: PredictSummary, report: Callable[[str], None]
+    ) -> Iterator[KeyedBatch]:
+        images: list[tuple[Sample, NoiseKey, Path]] = []
+        quiet = None if distributed.is_main() else True  # tqdm: None hides the bar only off a terminal
+        for position, path in enumerate(tqdm(paths, desc="predict", disable=quiet), start=first):
+            try:
+                if _is_volume(path):
+                    yield from self._flush(images)
+                    yield from self._volume_batches(path, position)
+                    summary.volumes += 1
+                    continue
+                samples = samples_from_file(path, self.transform)
+            except DataError as exc:
+                summary.failures.append(str(exc))
+                report(f"skipped: {exc}")
+                continue
+            summary.images += len(samples)
+            images.extend((sample, (position, frame), path) for frame, sample in enumerate(samples))
+            while len(images) >= self.batch_size:
+                yield from self._flush(images[: self.batch_size])
+                del images[: self.batch_size]
+        yield from self._flush(images)
 
-    def predict_volume(self, path: Path) -> None:
+    def _flush(self, images: list[tuple[Sample, NoiseKey, Path]]) -> Iterator[KeyedBatch]:
+        if images:
+            self._pending.append(_Pending([source for _, _, source in images]))
+            yield self._collate([sample for sample, _, _ in images]), [key for _, key, _ in images]
+            images.clear()
+
+    def _volume_batches(self, path: Path, position: int) -> Iterator[KeyedBatch]:
         volume = read_volume(path)
         volume_id = pseudonymous_id(volume.identity or str(path.resolve()))
-        slice_scores: list[tuple[int, float]] = []
+        open_volume = _OpenVolume(volume, volume_id, path, volume.n_slices())
+        chunk: list[Sample] = []
+        for sample in volume_samples(volume, transform=self.transform):
+            chunk.append(sample)
+            if len(chunk) == self.batch_size:
+                yield self._volume_chunk(chunk, open_volume, position)
+                chunk = []
+        if chunk:
+            yield self._volume_chunk(chunk, open_volume, position)
 
-        def map_fn(batch: Batch) -> np.ndarray:
-            scores, maps = self.run_model(batch)
-            slice_scores.extend(zip((int(i or 0) for i in batch.slice_index), scores.tolist()))
-            return maps
+    def _volume_chunk(self, chunk: list[Sample], open_volume: _OpenVolume, position: int) -> KeyedBatch:
+        self._pending.append(_Pending([open_volume.source] * len(chunk), open_volume))
+        return self._collate(chunk), [(position, int(s.slice_index or 0)) for s in chunk]
 
-        map_volume = predict_volume(volume, map_fn, transform=self.transform, batch_size=self.batch_size)
-        write_nifti(map_volume, volume, self.output_dir / "volumes" / f"{volume_id}_map.nii.gz")
-        for index, score in slice_scores:
-            self.rows.append(f"{volume_id}:{index},slice,{score:.8g},,,{volume_id},{index}")
-        self.index_rows.append(f"{volume_id},{_quote(str(path))}")
+    def _collate(self, samples: list[Sample]) -> Batch:
+        batch = collate_samples(samples)
+        return batch.pin_memory() if self.device.type == "cuda" else batch
+
+    # -- writing -----------------------------------------------------------------------------------
+    def _write(self, batch: Batch, pending: _Pending) -> None:
+        results = batch.results()
+        maps = batch.anomaly_map.numpy()
+        if pending.volume is not None:
+            self._add_slices(pending.volume, results, maps)
+            return
+        pixels = display_images(batch.image)
+        for result, amap, image, source in zip(results, maps, pixels, pending.sources):
+            self._write_image_outputs(result, amap, image, source)
+
+    def _write_image_outputs(self, result: SampleResult, amap: np.ndarray, image: np.ndarray, source: Path) -> None:
+        height, width = result.original_size
+        full = map_to_original(amap, (height, width), pad_to_square=self.transform.pad_to_square)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, anomaly_map=full, score=np.float32(result.score))
+        atomic_write_bytes(self.output_dir / "maps" / f"{result.sample_id}.npz", buffer.getvalue())
+        atomic_write_bytes(self.output_dir / "overlays" / f"{result.sample_id}.png", overlay_png(image, full))
+        self.rows.append([result.sample_id, "image", result.score, height, width, None, None])
+        self.index_rows.append([result.sample_id, str(source)])
+
+    def _add_slices(self, open_volume: _OpenVolume, results: list[SampleResult], maps: np.ndarray) -> None:
+        pad = self.transform.pad_to_square
+        for result, amap in zip(results, maps):
+            index = int(result.slice_index or 0)
+            open_volume.maps[index] = map_to_original(amap, result.original_size, pad_to_square=pad)
+            volume_id = open_volume.volume_id
+            self.rows.append([f"{volume_id}:{index}", "slice", result.score, None, None, volume_id, index])
+        if len(open_volume.maps) == open_volume.slices:
+            indices = sorted(open_volume.maps)
+            map_volume = reassemble([open_volume.maps[i] for i in indices], open_volume.volume, "axial", indices)
+            path = self.output_dir / "volumes" / f"{open_volume.volume_id}_map.nii.gz"
+            write_nifti(map_volume, open_volume.volume, path)
+            self.index_rows.append([open_volume.volume_id, str(open_volume.source)])
+            open_volume.maps.clear()
 
     def finish(self) -> None:
         """Write the CSVs; under torchrun rank 0 writes every process's rows, in rank order."""
-        parts = distributed.gather_objects((self.rows[1:], self.index_rows[1:]))
+        parts = distributed.gather_objects((self.rows, self.index_rows))
         if parts is None:
             return
-        rows = self.rows[:1] + [row for part in parts for row in part[0]]
-        index_rows = self.index_rows[:1] + [row for part in parts for row in part[1]]
-        atomic_write_text(self.output_dir / "scores.csv", "\n".join(rows) + "\n")
-        atomic_write_text(self.output_dir / "sample_index.local.csv", "\n".join(index_rows) + "\n")
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"'
+        rows = [row for part in parts for row in part[0]]
+        index_rows = [row for part in parts for row in part[1]]
+        header = ["sample_id", "kind", "score", "height", "width", "volume_id", "slice_index"]
+        write_csv(self.output_dir / "scores.csv", header, rows)
+        write_csv(self.output_dir / "sample_index.local.csv", ["sample_id", "source"], index_rows)
 
 
 def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> bytes:
@@ -216,35 +304,23 @@ def predict_paths(
     batch_size: int = 8,
     precision: str = "fp32",
     report: Callable[[str], None] = print,
+    seed: int = 0,
     score_fn: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> PredictSummary:
-    """Score every input; unreadable ones are reported (one line each) and skipped.
-
-    ``score_fn`` replaces ``method`` (see :class:`Predictor`).
+    """Score every input; unreadable ones are reported (one line each) and skipped; ``score_fn``
+    replaces ``method`` (see :class:`Predictor`).
 
     Under torchrun each process scores its block of the inputs and reports its own unreadable ones;
     the returned summary (counts, failures) covers every process's inputs, on every process.
     """
     summary = PredictSummary(Path(output_dir))
-    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, score_fn)
+    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, seed, score_fn)
     inputs = list(inputs)
     paths = list(expand_inputs(inputs))
     if not paths:
         raise DataError(Path(*[str(i) for i in inputs][:1] or ["."]), "no images or scans found")
     block = distributed.shard_range(len(paths))
-    show = None if distributed.is_main() else True
-    for path in tqdm(paths[block.start : block.stop], desc="predict", disable=show):
-        try:
-            if _is_volume(path):
-                predictor.predict_volume(path)
-                summary.volumes += 1
-            else:
-                samples = samples_from_file(path, transform)
-                predictor.predict_images(samples, path)
-                summary.images += len(samples)
-        except DataError as exc:
-            summary.failures.append(str(exc))
-            report(f"skipped: {exc}")
+    predictor.run(paths[block.start : block.stop], block.start, summary, report)
     predictor.finish()
     if distributed.world_size() > 1:
         parts = distributed.all_gather_objects((summary.images, summary.volumes, summary.failures))
