@@ -88,21 +88,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     print(f"{args.method}, medzsad-tiny backbone, batch {args.batch} x {args.batches}, {args.threads} threads")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in args.sizes:
-            checkpoint, onnx_path = export(args.method, size, Path(tmp))
-            torch_run = measure("torch", checkpoint, size, args)
-            onnx_run = measure("onnx", onnx_path, size, args)
-            rows.append((size, torch_run, onnx_run))
     print("| size | PyTorch img/s | onnxruntime img/s | ratio | PyTorch peak MB | onnxruntime peak MB | ORT imports |")
     print("|---|---|---|---|---|---|---|")
-    for size, t, o in rows:
-        ratio = o["images_per_s"] / t["images_per_s"]
-        print(
-            f"| {size} | {t['images_per_s']:.2f} | {o['images_per_s']:.2f} | {ratio:.2f}x | {t['peak_mb']:.0f} | "
-            f"{o['peak_mb']:.0f} | {', '.join(o['modules']) or 'no torch, no onnx'} |"
-        )
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:  # a row as soon as it is measured
+            checkpoint, onnx_path = export(args.method, size, Path(tmp))
+            t = measure("torch", checkpoint, size, args)
+            o = measure("onnx", onnx_path, size, args)
+            ratio = o["images_per_s"] / t["images_per_s"]
+            print(
+                f"| {size} | {t['images_per_s']:.2f} | {o['images_per_s']:.2f} | {ratio:.2f}x | {t['peak_mb']:.0f} | "
+                f"{o['peak_mb']:.0f} | {', '.join(o['modules']) or 'no torch, no onnx'} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
