@@ -13,6 +13,7 @@ from medzsad.engine.outputs import changed_since, store_lines
 def dispatch(args: argparse.Namespace) -> int:
     handlers = {
         "predict": cmd_predict,
+        "export": cmd_export,
         "test": cmd_test,
         "calibrate": cmd_calibrate,
         "train": cmd_train,
@@ -36,6 +37,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from medzsad.engine import distributed
     from medzsad.engine.jobs import run_predict
 
+    if args.engine:
+        args.overrides.append(f"predict.engine={args.engine}")
+        config = _config(args)
     start = time.time()
     summary = run_predict(config, args.input, Path(args.output))
     if not distributed.is_main():
@@ -45,6 +49,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if summary.failures:
         print(f"{len(summary.failures)} input(s) could not be read (listed above)")
         return 1
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from medzsad.deploy.export import OPSET
+    from medzsad.engine.jobs import run_export
+
+    result, bundle = run_export(_config(args), Path(args.output), args.format)
+    worst = max(result.max_abs_diff.values())
+    print(f"wrote {result.path} (ONNX opset {OPSET}; |ONNX - PyTorch| = {worst:.2g} on a check batch)")
+    if bundle is not None:
+        print(f"wrote MONAI bundle {bundle} (python -m monai.bundle run --config_file configs/inference.json ...)")
     return 0
 
 

@@ -38,6 +38,7 @@ _USER_ERROR_TYPES = (
     ("medzsad.backbone.loading", "WeightsUnavailableError"),
     ("medzsad.data.errors", "DataError"),
     ("medzsad.engine.train", "TrainingError"),
+    ("medzsad.deploy.errors", "DeployError"),
 )
 
 
@@ -77,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--input", "-i", action="append", required=True, metavar="PATH", help="image, folder or scan (repeatable)"
     )
     predict.add_argument("--output", "-o", default="predictions", help="output folder (default: predictions)")
+    predict.add_argument("--engine", choices=["torch", "onnx"], help="onnx: run a `medzsad export` file (checkpoint=)")
     _add_config_arguments(predict)
+
+    export = commands.add_parser("export", help="ONNX file and MONAI bundle of a trained method")
+    export.add_argument("--output", "-o", default="export", help="output folder (default: export)")
+    export.add_argument("--format", choices=["onnx", "bundle", "all"], default="all", help="what to write")
+    _add_config_arguments(export)
 
     test = _command(commands, "test", "zero-shot evaluation on target datasets", helptext.TEST)
     _add_config_arguments(test)

@@ -169,6 +169,22 @@ class CalibrateConfig:
 
 
 @dataclass
+class PredictSection:
+    """``medzsad predict`` options.
+
+    Attributes:
+        engine: ``"torch"`` (the method in PyTorch) or ``"onnx"`` (a file of ``medzsad export``, given as
+            ``checkpoint``, run with onnxruntime on the CPU; see docs/deploy.md).
+    """
+
+    engine: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("torch", "onnx"):
+            raise ValueError(f"engine: expected torch or onnx, got {self.engine!r}")
+
+
+@dataclass
 class RunConfig:
     """Everything a ``medzsad`` command needs.
 
@@ -177,7 +193,7 @@ class RunConfig:
         method_config: the method's options (validated against its config dataclass).
         checkpoint: a medzsad checkpoint (``.safetensors``/``.json``) or an official ``.pth``.
         backbone: which CLIP to build.
-        data, train, eval: the sections above.
+        data, train, eval, predict: the sections above.
         tracking: MLflow settings (:class:`medzsad.tracking.config.TrackingConfig`, a plain settings
             dataclass: composing it here imports no MLflow).
         device: "auto", "cpu", "cuda", "cuda:1"...
@@ -194,6 +210,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictSection = field(default_factory=PredictSection)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     device: str = "auto"
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)

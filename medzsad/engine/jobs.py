@@ -128,6 +128,14 @@ def _few_shot(method: ZsadMethod, config: RunConfig, device: torch.device) -> Zs
 def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Path) -> PredictSummary:
     """Maps, overlays and scores for every input (see :mod:`medzsad.engine.predict`); under torchrun each
     process scores its block of the inputs and rank 0 writes the merged CSVs."""
+    if config.predict.engine == "onnx":
+        from medzsad.deploy.serve import predict_onnx
+
+        if not config.checkpoint or not str(config.checkpoint).endswith(".onnx"):
+            raise ConfigError(
+                "checkpoint: predict.engine=onnx runs a file of `medzsad export`; give checkpoint=model.onnx"
+            )
+        return predict_onnx(config.checkpoint, inputs, output_dir, config.eval.batch_size)
     device = distributed.setup(config.device)
     method = build_method(config)
     _require_trained(method, config)
@@ -151,6 +159,18 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     )
     write_references(method, output_dir)
     return summary
+
+
+# -- export ----------------------------------------------------------------------------------------
+
+
+def run_export(config: RunConfig, output_dir: Path, fmt: str = "all"):
+    """ONNX file and/or MONAI bundle of ``config``'s method (see :mod:`medzsad.deploy.export`)."""
+    from medzsad.deploy.serve import export_formats
+
+    method = build_method(config)
+    _require_trained(method, config)
+    return export_formats(method, make_transform(config, method.image_size), output_dir, fmt)
 
 
 # The image-score threshold the review calls a case abnormal at, until calibration provides one.

@@ -116,11 +116,13 @@ class Predictor:
         precision: "fp32", "bf16" or "fp16".
         seed: run seed of the random draws of sampling methods (per input and frame).
         decisions: writes decisions and masks from a calibration (:class:`~medzsad.engine.calibrate.DecisionWriter`).
+        score_fn: ``images [B, 3, S, S] -> (scores [B], maps [B, S, S])`` numpy, run instead of
+            ``method`` (an exported model in onnxruntime, :mod:`medzsad.deploy`); ``method`` is then None.
     """
 
     def __init__(
         self,
-        method: ZsadMethod,
+        method: ZsadMethod | None,
         output_dir: Path,
         device: torch.device,
         transform: ClipImageTransform,
@@ -128,10 +130,13 @@ class Predictor:
         precision: str = "fp32",
         seed: int = 0,
         decisions: DecisionWriter | None = None,
+        score_fn: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.decisions = decisions
-        self.method = method.to(device).eval()
-        self.method.backbone.set_precision(precision)
+        self.score_fn = score_fn
+        if method is not None:
+            self.method = method.to(device).eval()
+            self.method.backbone.set_precision(precision)
         self.output_dir = Path(output_dir)
         self.device = device
         self.transform = transform
@@ -153,8 +158,16 @@ class Predictor:
         """Score ``items`` of ``dataset`` (items ``first, first + 1, ...`` of the run: their noise keys);
         unreadable ones are reported and counted in ``summary.failures``."""
         batches = self._batches(dataset, items, first, summary, report)
-        for batch in predict_batches(self.method, batches, self.device, self.seed):
+        loop = self._scored(batches) if self.score_fn else predict_batches(self.method, batches, self.device, self.seed)
+        for batch in loop:
             self._write(batch, self._pending.popleft())
+
+    def _scored(self, batches: Iterable[KeyedBatch]) -> Iterator[Batch]:
+        """The batches with ``score_fn``'s predictions set (its own draws: the noise keys are unused)."""
+        for batch, _ in batches:
+            scores, maps = self.score_fn(batch.image)
+            batch.pred_score, batch.anomaly_map = torch.as_tensor(scores), torch.as_tensor(maps)
+            yield batch
 
     # -- reading: keyed batches for the loop -------------------------------------------------------
     def _batches(
@@ -285,7 +298,7 @@ def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, caption: str = "") -
 
 
 def predict_paths(
-    method: ZsadMethod,
+    method: ZsadMethod | None,
     inputs: Iterable[str | Path],
     output_dir: str | Path,
     device: torch.device,
@@ -296,14 +309,16 @@ def predict_paths(
     seed: int = 0,
     options: dict | None = None,
     decisions: DecisionWriter | None = None,
+    score_fn: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> PredictSummary:
-    """Score every input; unreadable ones are reported (one line each) and skipped.
+    """Score every input; unreadable ones are reported (one line each) and skipped; ``score_fn``
+    replaces ``method`` (see :class:`Predictor`).
 
     Under torchrun each process scores its block of the inputs and reports its own unreadable ones;
     the returned summary (counts, failures) covers every process's inputs, on every process.
     """
     summary = PredictSummary(Path(output_dir))
-    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, seed, decisions)
+    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, seed, decisions, score_fn)
     inputs = list(inputs)
     dataset = scan_predict_inputs(inputs, transform, options)
     if distributed.is_main():

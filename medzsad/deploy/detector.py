@@ -1,0 +1,296 @@
+"""One image or one volume in, score, map, decision and mask out, in the input's own geometry.
+
+>>> from medzsad.deploy import Detector
+>>> detector = Detector.from_checkpoint("runs/train/epoch_15.safetensors")  # or Detector.from_onnx("model.onnx")
+>>> result = detector("scan.nii.gz")          # a path, a numpy array or a MONAI MetaTensor
+>>> result.score, result.decision              # volume: the largest slice score
+>>> result.map.shape == result.mask.shape      # the scan's own voxel grid (or the image's pixels)
+
+Inputs:
+
+* a path: a 2-D image (PNG/JPEG/TIFF, single-frame DICOM) or a volume (NIfTI, NRRD, DICOM series
+  folder), read by :mod:`medzsad.data` exactly as ``medzsad predict`` reads it;
+* a numpy array: ``[H, W]`` or ``[H, W, 3]`` is an image; ``[X, Y, Z]`` (any other 3-D shape, or
+  ``volume=True``) is a volume with an identity affine, slices cut along the last axis as for NIfTI;
+* a MONAI ``MetaTensor`` as ``LoadImage`` gives it: spatial axes first (``[x, y]`` or ``[x, y, z]``,
+  optionally after one leading channel), with its ``affine``; the map and mask come back as
+  ``MetaTensor`` with the input's metadata.
+
+Decisions: ``score >= image_threshold``; mask: ``map >= pixel_threshold``. The thresholds default to
+0.5 (the review panel's and ``eval.dice_threshold``'s defaults) or come from the exported file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medzsad.data.readers import read_frames
+from medzsad.data.transforms import ClipImageTransform, map_to_original
+
+# _canonical: the data layer's own array + affine -> canonical Volume step, reused for in-memory volumes.
+from medzsad.data.volumes import Volume, _canonical, read_volume, reassemble, volume_samples
+from medzsad.deploy.errors import DeployError
+from medzsad.engine.predict import PredictSummary, _is_volume, predict_paths
+
+ScoreFn = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Detection:
+    """Result of one image or volume.
+
+    Attributes:
+        score: image score; for a volume the largest slice score.
+        map: anomaly map in the input's geometry (``[H, W]`` pixels, or the volume's voxel grid in
+            the input's layout); a ``MetaTensor`` when the input was one.
+        decision: ``score >= image_threshold``.
+        mask: ``map >= pixel_threshold`` (bool), same geometry and type as ``map``.
+        slice_scores: per-slice scores of a volume (slicing order), ``None`` for an image.
+    """
+
+    score: float
+    map: Any
+    decision: bool
+    mask: Any
+    slice_scores: np.ndarray | None = field(default=None, repr=False)
+
+
+class Detector:
+    """Scores images and volumes with a model and a preprocessing.
+
+    Args:
+        score_fn: ``images [B, 3, S, S] -> (scores [B], maps [B, S, S])`` (numpy), e.g. a PyTorch
+            :class:`~medzsad.deploy.graph.InferenceGraph` or an :class:`~medzsad.deploy.onnx_runtime.OnnxModel`.
+        transform: the preprocessing the model was trained/exported with.
+        image_threshold, pixel_threshold: decision thresholds on scores and maps.
+        batch_size: slices per forward pass for volumes.
+    """
+
+    def __init__(
+        self,
+        score_fn: ScoreFn,
+        transform: ClipImageTransform,
+        image_threshold: float = 0.5,
+        pixel_threshold: float = 0.5,
+        batch_size: int = 8,
+    ) -> None:
+        self.score_fn = score_fn
+        self.transform = transform
+        self.image_threshold = float(image_threshold)
+        self.pixel_threshold = float(pixel_threshold)
+        self.batch_size = int(batch_size)
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        calibration: str | os.PathLike[str] | None = None,
+        reference: str | os.PathLike[str] | None = None,
+        *,
+        weights_path: str | None = None,
+        transform: ClipImageTransform | None = None,
+        image_threshold: float = 0.5,
+        pixel_threshold: float = 0.5,
+        batch_size: int = 8,
+    ) -> Detector:
+        """A PyTorch (CPU, fp32) detector from a medzsad checkpoint (``.safetensors`` + ``.json``).
+
+        The backbone is rebuilt from what the checkpoint records (open_clip tag or random tiny config);
+        a checkpoint trained on a local weight file needs that file as ``weights_path``.
+        """
+        from medzsad.deploy.model import load_method
+
+        _refuse_unavailable(calibration, reference)
+        method = load_method(path, weights_path)
+        transform = transform or ClipImageTransform(method.image_size)
+        return cls(torch_score_fn(method), transform, image_threshold, pixel_threshold, batch_size)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike[str],
+        calibration: str | os.PathLike[str] | None = None,
+        reference: str | os.PathLike[str] | None = None,
+        *,
+        batch_size: int = 8,
+        threads: int | None = None,
+    ) -> Detector:
+        """An onnxruntime (CPU) detector from a file of ``medzsad export``; preprocessing and
+        thresholds come from the file's metadata."""
+        from medzsad.deploy.export import transform_from_metadata
+        from medzsad.deploy.onnx_runtime import OnnxModel
+
+        _refuse_unavailable(calibration, reference)
+        model = OnnxModel(path, threads)
+        thresholds = model.metadata.thresholds
+        transform = transform_from_metadata(model.metadata)
+        return cls(model, transform, thresholds["image"], thresholds["pixel"], batch_size)
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def __call__(self, image: Any, *, volume: bool | None = None) -> Detection:
+        """Score a path, a numpy array or a MetaTensor (see the module docstring)."""
+        if isinstance(image, str | os.PathLike):
+            return self._path(Path(image))
+        if _is_meta_tensor(image):
+            return self._meta_tensor(image)
+        array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if volume or (volume is None and array.ndim == 3 and array.shape[-1] not in (3, 4)):
+            return self._volume(_canonical(_as_volume_array(array), np.eye(4)))
+        return self._image(array)
+
+    def write_predictions(
+        self, inputs: Iterable[str | os.PathLike[str]], output_dir: str | os.PathLike[str], report=print
+    ) -> PredictSummary:
+        """``medzsad predict`` with this detector's model and preprocessing: maps, overlays, volumes and
+        ``scores.csv`` for every input (files, folders, DICOM series), unreadable inputs skipped."""
+        return predict_paths(
+            None,
+            inputs,
+            Path(output_dir),
+            torch.device("cpu"),
+            self.transform,
+            self.batch_size,
+            report=report,
+            score_fn=self.score_images,
+        )
+
+    def score_images(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Scores ``[B]`` and maps ``[B, S, S]`` at model resolution for preprocessed ``images``."""
+        scores, maps = self.score_fn(images)
+        return np.asarray(scores, dtype=np.float32), np.asarray(maps, dtype=np.float32)
+
+    def _image(self, array: np.ndarray, modality: str | None = None) -> Detection:
+        if array.ndim not in (2, 3):
+            raise DeployError(f"expected an image [H, W] or [H, W, 3] or a volume, got shape {list(array.shape)}")
+        tensor = self.transform(array, modality=modality)
+        scores, maps = self.score_images(tensor.unsqueeze(0))
+        full = map_to_original(maps[0], array.shape[:2], pad_to_square=self.transform.pad_to_square)
+        return self._decide(float(scores[0]), full)
+
+    def _volume(self, volume: Volume) -> Detection:
+        """Slice by slice along the axial axis as ``medzsad predict`` does, maps reassembled on the grid."""
+        samples = volume_samples(volume, transform=self.transform)
+        scores: list[float] = []
+        maps: list[np.ndarray] = []
+        indices: list[int] = []
+        while chunk := list(itertools.islice(samples, self.batch_size)):
+            batch_scores, batch_maps = self.score_images(torch.stack([sample.image for sample in chunk]))
+            scores.extend(batch_scores.tolist())
+            for sample, amap in zip(chunk, batch_maps):
+                maps.append(map_to_original(amap, sample.original_size, pad_to_square=self.transform.pad_to_square))
+                indices.append(int(sample.slice_index or 0))
+        grid = reassemble(maps, volume, "axial", indices)
+        result = self._decide(max(scores), volume.to_source_layout(grid))
+        result.slice_scores = np.asarray(scores, dtype=np.float32)
+        return result
+
+    def _path(self, path: Path) -> Detection:
+        if not path.exists():
+            raise DeployError(f"{path}: not found")
+        if _is_volume(path):
+            return self._volume(read_volume(path))
+        frames = read_frames(path)
+        if len(frames) != 1:
+            raise DeployError(f"{path}: {len(frames)} frames; score multi-frame files with `medzsad predict`")
+        return self._image(frames[0].array, frames[0].modality)
+
+    def _meta_tensor(self, image: Any) -> Detection:
+        array = np.asarray(image.detach().cpu().numpy())
+        spatial, channel_first = _split_channel(array, image.meta)
+        if _spatial_dims(array, image.meta) == 3:
+            affine = np.asarray(image.affine, dtype=np.float64)
+            result = self._volume(_canonical(_as_volume_array(spatial), affine))
+        else:
+            # MONAI keeps 2-D images as [x, y] (colour last here): image rows are its second axis.
+            result = self._image(np.ascontiguousarray(np.swapaxes(spatial, 0, 1)))
+            result.map, result.mask = result.map.T, result.mask.T
+        keep_channel = channel_first is True and array.shape[0] == 1
+        result.map = _like(image, result.map, keep_channel)
+        result.mask = _like(image, result.mask, keep_channel)
+        return result
+
+    def _decide(self, score: float, full_map: np.ndarray) -> Detection:
+        full_map = np.asarray(full_map, dtype=np.float32)
+        return Detection(score, full_map, score >= self.image_threshold, full_map >= self.pixel_threshold)
+
+
+def torch_score_fn(method) -> ScoreFn:
+    """The PyTorch scoring function of a method: the same :class:`InferenceGraph` that is exported."""
+    from medzsad.deploy.graph import InferenceGraph
+
+    graph = InferenceGraph(method.to("cpu").eval()).eval()
+
+    def score(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            scores, maps = graph(images.float())
+        return scores.numpy(), maps.numpy()
+
+    return score
+
+
+def _refuse_unavailable(calibration: Any, reference: Any) -> None:
+    if calibration is not None:
+        raise DeployError(
+            "calibration: calibration files (medzsad/metrics/calibration.py) are not part of this medzsad "
+            "version; give image_threshold=/pixel_threshold= instead"
+        )
+    if reference is not None:
+        raise DeployError(
+            "reference: few-shot reference memory banks are not part of this medzsad version; the detector is zero-shot"
+        )
+
+
+def _is_meta_tensor(value: Any) -> bool:
+    try:
+        from monai.data import MetaTensor
+    except ImportError:  # pragma: no cover - MONAI is a dependency
+        return False
+    return isinstance(value, MetaTensor)
+
+
+def _spatial_dims(array: np.ndarray, meta: dict) -> int:
+    """Spatial dimensions of a MetaTensor: from MONAI's ``spatial_shape`` metadata, else ``ndim``."""
+    shape = meta.get("spatial_shape")
+    return len(np.asarray(shape).ravel()) if shape is not None else array.ndim
+
+
+def _split_channel(array: np.ndarray, meta: dict) -> tuple[np.ndarray, bool | None]:
+    """``(data, channel_first)`` of a MetaTensor's array: a single channel dropped, colour moved last.
+
+    ``channel_first`` is True for ``[C, ...]``, False for ``[..., C]`` (a colour PNG loads as
+    ``[x, y, 3]``) and None without a channel.
+    """
+    dims = _spatial_dims(array, meta)
+    if array.ndim == dims:
+        return array, None
+    if array.ndim != dims + 1 or (dims == 3 and 1 not in (array.shape[0], array.shape[-1])):
+        raise DeployError(f"expected a MetaTensor image or one-channel volume, got shape {list(array.shape)}")
+    spatial_shape = tuple(int(n) for n in np.asarray(meta.get("spatial_shape", ())).ravel())
+    channel_first = tuple(array.shape[1:]) == spatial_shape or array.shape[0] == 1
+    data = np.moveaxis(array, 0, -1) if channel_first else array
+    return (data[..., 0] if data.shape[-1] == 1 else data), channel_first
+
+
+def _as_volume_array(array: np.ndarray) -> np.ndarray:
+    if array.ndim != 3:
+        raise DeployError(f"a volume must be 3-D [X, Y, Z], got shape {list(array.shape)}")
+    return array.astype(np.float32, copy=False)
+
+
+def _like(image: Any, array: np.ndarray, add_channel: bool) -> Any:
+    """``array`` as a MetaTensor carrying ``image``'s metadata (and its leading channel when it had one)."""
+    from monai.data import MetaTensor
+
+    data = torch.from_numpy(np.ascontiguousarray(array))
+    if add_channel:
+        data = data.unsqueeze(0)
+    return MetaTensor(data, meta=dict(image.meta))  # the meta carries the input's affine

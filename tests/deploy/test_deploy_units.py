@@ -1,0 +1,66 @@
+"""Fast checks of the deployment pieces that need no export: metadata, backbone identity, config keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from medzsad.data.transforms import ClipImageTransform, Intensity
+from medzsad.deploy.errors import DeployError
+from medzsad.deploy.export import describe_transform, transform_from_metadata
+from medzsad.deploy.model import backbone_config
+from medzsad.deploy.onnx_runtime import EXPORT_FORMAT, ExportMetadata, OnnxModel
+from medzsad.engine.config import ConfigError, load_config
+
+
+def _metadata(transform: ClipImageTransform) -> ExportMetadata:
+    return ExportMetadata(
+        method="cops",
+        image_size=transform.image_size,
+        preprocessing=describe_transform(transform),
+        thresholds={"image": 0.4, "pixel": 0.6, "source": "test"},
+        medzsad_version="0.1.0",
+        extra={"opset": "18"},
+    )
+
+
+def test_metadata_round_trip_rebuilds_the_transform():
+    transform = ClipImageTransform(336, pad_to_square=True, intensity=Intensity("window", window=(50.0, 400.0)))
+    props = _metadata(transform).to_props()
+    assert props["medzsad_export_format"] == str(EXPORT_FORMAT) and all(isinstance(v, str) for v in props.values())
+    back = ExportMetadata.from_props(props, "model.onnx")
+    assert back.thresholds["pixel"] == 0.6 and back.extra == {"opset": "18"}
+    rebuilt = transform_from_metadata(back)
+    assert rebuilt.image_size == 336 and rebuilt.pad_to_square
+    assert rebuilt.intensity == transform.intensity and rebuilt.mean == transform.mean
+
+
+def test_metadata_of_another_format_or_none_is_refused():
+    props = _metadata(ClipImageTransform(224)).to_props()
+    with pytest.raises(DeployError, match=r"model.onnx: written by medzsad 0.1.0 in export format 7"):
+        ExportMetadata.from_props({**props, "medzsad_export_format": "7"}, "model.onnx")
+    with pytest.raises(DeployError, match="not a medzsad export"):
+        ExportMetadata.from_props({}, "model.onnx")
+    with pytest.raises(DeployError, match="damaged medzsad metadata"):
+        ExportMetadata.from_props({**props, "thresholds": "{"}, "model.onnx")
+
+
+def test_missing_onnx_file(tmp_path):
+    with pytest.raises(DeployError, match="ONNX file not found"):
+        OnnxModel(tmp_path / "none.onnx")
+
+
+def test_backbone_from_checkpoint_identity():
+    random = backbone_config({"backbone": "medzsad-tiny", "backbone_weights": "random:3"}, 224, None, "c.json")
+    assert random.pretrained is None and random.seed == 3 and random.model_name == "medzsad-tiny"
+    tagged = backbone_config({"backbone": "ViT-L-14-336", "backbone_weights": "openai"}, 518, None, "c.json")
+    assert tagged.pretrained == "openai"
+    with pytest.raises(DeployError, match=r"c\.json: trained on a local weight file.*weights_path"):
+        backbone_config({"backbone": "ViT-L-14-336", "backbone_weights": "file:abc"}, 518, None, "c.json")
+    local = backbone_config({"backbone": "ViT-L-14-336", "backbone_weights": "file:abc"}, 518, "/w.pt", "c.json")
+    assert local.weights_path == "/w.pt"
+
+
+def test_predict_engine_key_is_validated():
+    assert load_config(overrides=["predict.engine=onnx"]).predict.engine == "onnx"
+    with pytest.raises(ConfigError, match="predict: engine: expected torch or onnx, got 'tensorrt'"):
+        load_config(overrides=["predict.engine=tensorrt"])
