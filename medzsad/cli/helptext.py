@@ -176,3 +176,17 @@ default, file (--config) or override (key=value; `backbone=tiny` expands to seve
 example:
   medzsad config show -c configs/anomalyclip.yaml backbone=tiny eval.batch_size=4
 """
+
+EXPORT = f"""\
+An ONNX file and a MONAI bundle of a trained method, checked against PyTorch on a batch.
+
+required:
+  checkpoint=FILE   the trained method to export (for methods that learn prompts)
+outputs (in -o/--output, default export/): the ONNX file (--format onnx), the MONAI bundle (--format
+  bundle), or both (--format all, the default); `medzsad predict --engine onnx checkpoint=FILE` runs it.
+
+{CONFIG_NOTE}
+
+example:
+  medzsad export -c configs/anomalyclip.yaml checkpoint=runs/anomalyclip/epoch_15.safetensors -o export/
+"""

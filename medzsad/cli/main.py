@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--engine", choices=["torch", "onnx"], help="onnx: run a `medzsad export` file (checkpoint=)")
     _add_config_arguments(predict)
 
-    export = commands.add_parser("export", help="ONNX file and MONAI bundle of a trained method")
+    export = _command(commands, "export", "ONNX file and MONAI bundle of a trained method", helptext.EXPORT)
     export.add_argument("--output", "-o", default="export", help="output folder (default: export)")
     export.add_argument("--format", choices=["onnx", "bundle", "all"], default="all", help="what to write")
     _add_config_arguments(export)

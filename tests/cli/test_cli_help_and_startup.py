@@ -29,6 +29,7 @@ REQUIRED = {
     ("config", "show"): ["--config"],
     ("ui",): ["--store", "5000"],
     ("demo",): ["--workdir"],
+    ("export",): ["checkpoint=", "--format"],
 }
 
 
