@@ -693,13 +693,8 @@ def load_checkpoint_from_model(
 ) -> CheckpointFiles:
     """Download the prompt checkpoint logged as an MLflow logged model (``m-…``; a run's
     ``checkpoint_model_id`` tag names it); the engine turns the files into a model."""
-    config = config or TrackingConfig()
-    target = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="medzsad-checkpoint-"))
-    folder = MlflowBackend(config).download_model(model_id, target)
-    files = CheckpointFiles(folder / "weights.safetensors", folder / "metadata.json")
-    if not (files.weights.exists() and files.metadata.exists()):
-        raise FileNotFoundError(f"logged model {model_id} has no weights.safetensors + metadata.json")
-    return files
+    backend, target = _download_target(config, dst_dir)
+    return _checkpoint_files(backend.download_model(model_id, target), f"logged model {model_id}")
 
 
 def load_checkpoint_from_run(
@@ -712,10 +707,19 @@ def load_checkpoint_from_run(
         config: where the run lives (default: ``TrackingConfig()``).
         dst_dir: where to put the files (default: a new temporary folder).
     """
-    config = config or TrackingConfig()
+    backend, target = _download_target(config, dst_dir)
+    return _checkpoint_files(backend.download_checkpoint(run_id, target), f"run {run_id}")
+
+
+def _download_target(config: TrackingConfig | None, dst_dir: str | Path | None) -> tuple[MlflowBackend, Path]:
+    """The backend of ``config`` (default ``TrackingConfig()``) and the download folder (default a new
+    temporary one)."""
     target = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="medzsad-checkpoint-"))
-    folder = MlflowBackend(config).download_checkpoint(run_id, target)
+    return MlflowBackend(config or TrackingConfig()), target
+
+
+def _checkpoint_files(folder: Path, what: str) -> CheckpointFiles:
     files = CheckpointFiles(folder / "weights.safetensors", folder / "metadata.json")
     if not (files.weights.exists() and files.metadata.exists()):
-        raise FileNotFoundError(f"run {run_id} has no checkpoint/weights.safetensors + metadata.json")
+        raise FileNotFoundError(f"{what} has no checkpoint weights.safetensors + metadata.json")
     return files
