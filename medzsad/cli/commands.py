@@ -90,15 +90,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from medzsad.data.prepare import PREPARERS
+    from medzsad.data.prepare import PREPARERS, prepare
 
     if args.dataset == "list" or args.raw is None:
         print("datasets: " + ", ".join(sorted(PREPARERS)))
         return 0 if args.dataset == "list" else 2
     if args.dataset not in PREPARERS:
         raise ConfigError(f"unknown dataset {args.dataset!r}; known: {', '.join(sorted(PREPARERS))}")
-    out = Path(args.out) if args.out else Path(args.raw) / "meta.json"
-    manifest = PREPARERS[args.dataset](Path(args.raw), out)
+    words = [w for w in (args.out, *args.options) if w]  # `prepare folder RAW category=brain` has no OUT
+    options = dict(w.split("=", 1) for w in words if "=" in w)
+    outs = [w for w in words if "=" not in w]
+    if len(outs) > 1:
+        raise ConfigError(f"prepare: one output path expected, got {len(outs)}: give OUT, then key=value options")
+    out = Path(outs[0]) if outs else Path(args.raw) / "meta.json"
+    manifest = prepare(args.dataset, Path(args.raw), out, **options)
     counts = manifest.counts("test") if hasattr(manifest, "counts") else {}
     print(f"wrote {out}" + (f": {counts}" if counts else ""))
     return 0

@@ -27,8 +27,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from medzsad.engine.checkpoints import CheckpointError
     from medzsad.engine.config import ConfigError
     from medzsad.engine.train import TrainingError
+    from medzsad.tracking.phi import PHIError
 
-    return (UserError, ConfigError, CheckpointError, WeightsUnavailableError, DataError, TrainingError)
+    return (UserError, ConfigError, CheckpointError, WeightsUnavailableError, DataError, TrainingError, PHIError)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("dataset", help="dataset name (see `medzsad prepare --list`) or 'list'")
     prepare.add_argument("raw", nargs="?", help="the dataset's raw download folder")
     prepare.add_argument("out", nargs="?", help="where to write meta.json (default: RAW/meta.json)")
+    prepare.add_argument(
+        "options", nargs="*", default=[], metavar="key=value", help="e.g. category=brain (folder, volumes)"
+    )
 
     ui = commands.add_parser("ui", help="start the MLflow UI on the local store (loopback only)")
     ui.add_argument("--store", default=".", help="folder holding mlflow.db and mlartifacts (default: .)")

@@ -158,6 +158,11 @@ class ManifestDataset(Dataset):
         """Whether ``category`` has pixel ground truth in this split."""
         return category in self._with_masks
 
+    def source_files(self) -> list[Path]:
+        """Every image and mask file of the split (for a header pass, e.g. :func:`~medzsad.data.ids.dataset_identifiers`)."""
+        rels = dict.fromkeys(rel for r in self.records for rel in (r.img_path, r.mask_path) if rel)
+        return [self.manifest.resolve(rel) for rel in rels]
+
     def missing_files(self) -> list[str]:
         """Manifest paths (images and masks) that do not exist; empty when all are present."""
         missing = []
@@ -406,6 +411,13 @@ class FolderDataset(Dataset):
             volume_id=self.volume_id(entry.source),
             meta=meta,
         )
+
+    def source_files(self) -> list[Path]:
+        """Every file the samples are read from (for a header pass, e.g. :func:`~medzsad.data.ids.dataset_identifiers`)."""
+        series = [str(p) for files in self._series.values() for p in files]
+        return [
+            Path(s) for s in dict.fromkeys([e.source for e in self.entries if e.source not in self._series] + series)
+        ]
 
     def volume_sources(self) -> dict[str, str]:
         """``volume_id -> internal source key`` for every volume in the folder."""

@@ -97,6 +97,10 @@ class EvalConfig:
         num_workers: data-loading worker processes (reading and resizing scans overlaps the model);
             ``None`` chooses (:func:`medzsad.engine.runtime.loader_workers`).
         compile: ``torch.compile`` the method's forward (worth it for long runs on a GPU).
+        on_error: ``"skip"`` a sample that cannot be read (one line, listed in ``skipped*.csv``) or
+            ``"stop"`` at the first one.
+        overwrite: replace the results already in ``output_dir`` (else a folder with results is refused,
+            so old and new maps never mix).
     """
 
     batch_size: int = 8
@@ -110,6 +114,8 @@ class EvalConfig:
     seed: int = 0
     num_workers: int | None = None
     compile: bool = False
+    on_error: str = "skip"
+    overwrite: bool = False
 
 
 @dataclass
@@ -270,6 +276,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         apply_override(data, *parse_override(text))
     config = from_mapping(RunConfig, data)
     validate_method_config(config)
+    from medzsad.engine.preflight import check_ranges
+
+    check_ranges(config)
     return config
 
 

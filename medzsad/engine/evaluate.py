@@ -16,6 +16,7 @@ single process computes.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +28,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from medzsad.backbone.clip import CLIP_MEAN, CLIP_STD
-from medzsad.data.records import Batch, collate_samples
+from medzsad.data.records import Batch
 from medzsad.engine import distributed
 from medzsad.engine.config import EvalConfig
 from medzsad.engine.runtime import loader_workers
+from medzsad.engine.skipping import Skipped, SkippingDataset, collate_or_skip, skipped_aside
 from medzsad.methods.base import MethodOutput, ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
 from medzsad.tracking.review import ReviewSample
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
+from medzsad.utils.tables import write_csv
 
 
 @dataclass
@@ -47,6 +50,7 @@ class SampleResult:
     label: int
     volume_id: str | None = None
     slice_index: int | None = None
+    problem: str = ""  # why the sample was skipped (unreadable); empty for a scored sample
 
 
 @dataclass
@@ -58,6 +62,11 @@ class DatasetEvaluation:
     samples: list[SampleResult]
     review: list[ReviewSample] = field(default_factory=list)
     accumulator: MetricAccumulator | None = None
+
+    @property
+    def skipped(self) -> list[SampleResult]:
+        """Samples that could not be read (``eval.on_error=skip``); not part of the metrics."""
+        return [s for s in self.samples if s.problem]
 
 
 def display_images(images: torch.Tensor) -> np.ndarray:
@@ -199,13 +208,14 @@ def _evaluate_indices(
     method.backbone.set_precision(config.precision)
     method.reset_generator(config.seed)
     method.skip_test_draws(indices.start)
+    dataset = SkippingDataset(dataset)
     if len(indices) != len(dataset):
         dataset = Subset(dataset, indices)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
         shuffle=False,
-        collate_fn=collate_samples,
+        collate_fn=collate_or_skip,
         num_workers=loader_workers(config.num_workers, device),
         pin_memory=device.type == "cuda",
         persistent_workers=False,
@@ -219,7 +229,11 @@ def _evaluate_indices(
     review: list[ReviewSample] = []
     samples: list[SampleResult] = []
     show = None if distributed.is_main() else True
-    batches = tqdm(loader, desc=f"test {name}", leave=False, disable=show)
+    batches = skipped_aside(
+        tqdm(loader, desc=f"test {name}", leave=False, disable=show),
+        lambda skip: samples.append(_skipped_result(skip, name)),
+        stop=config.on_error == "stop",
+    )
     for batch, scores, maps in predictions_ahead(predict, batches, device):
         _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
         labelled = [i for i in range(len(batch)) if int(batch.label[i]) >= 0]
@@ -239,6 +253,12 @@ def _evaluate_indices(
         if maps_dir is not None:
             _write_maps(maps_dir, batch.sample_id, maps)
     return accumulator, samples, review
+
+
+def _skipped_result(skip: Skipped, dataset_name: str) -> SampleResult:
+    """Report a skipped sample on one line (the console may name the file) and keep it for the outputs."""
+    tqdm.write(f"medzsad: skipped a sample of {dataset_name}: {skip.where}: {skip.problem}", file=sys.stderr)
+    return SampleResult(skip.sample_id, skip.category, float("nan"), -1, problem=skip.problem)
 
 
 @dataclass
@@ -359,9 +379,14 @@ def write_tables(output_dir: Path, evaluations: Mapping[str, DatasetEvaluation])
 
 
 def write_scores(path: Path, evaluation: DatasetEvaluation) -> None:
-    """One CSV row per image: pseudonymous id, category, label, score."""
+    """One CSV row per image: pseudonymous id, category, label, score; the skipped samples (if any) in
+    ``skipped_<dataset>.csv`` beside it (pseudonymous id, category, problem)."""
+    skipped = path.with_name(path.name.replace("scores", "skipped", 1))
+    if evaluation.skipped:
+        rows = [(s.sample_id, s.category, s.problem) for s in evaluation.skipped]
+        write_csv(skipped, ("sample_id", "category", "problem"), rows)
     lines = ["sample_id,category,label,score,volume_id,slice_index"]
-    for s in evaluation.samples:
+    for s in (s for s in evaluation.samples if not s.problem):
         volume = s.volume_id or ""
         index = "" if s.slice_index is None else str(s.slice_index)
         lines.append(f"{s.sample_id},{_csv_cell(s.category)},{s.label},{s.score:.8g},{volume},{index}")

@@ -6,7 +6,7 @@ a method computes. See docs/tracking.md.
 
 from medzsad.tracking.config import Purpose, TrackingConfig, sqlite_uri
 from medzsad.tracking.params import DEFAULT_PARAM_ALLOW, config_hash, select_params
-from medzsad.tracking.phi import PHIError, clear_forbidden, find_phi, phi_guard, register_forbidden
+from medzsad.tracking.phi import PHIError, find_phi, forbidden_values, phi_guard
 from medzsad.tracking.render import Curve, MapScale
 from medzsad.tracking.review import ReviewSample, ReviewSummary
 from medzsad.tracking.run import (
@@ -30,12 +30,11 @@ __all__ = [
     "TrackedRun",
     "TrackingConfig",
     "UIServer",
-    "clear_forbidden",
     "config_hash",
     "find_phi",
+    "forbidden_values",
     "load_checkpoint_from_run",
     "phi_guard",
-    "register_forbidden",
     "select_params",
     "serve_ui",
     "sqlite_uri",

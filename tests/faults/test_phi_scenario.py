@@ -1,0 +1,82 @@
+"""The reported leak, recreated: a hospital export folder named after the patient, holding a DICOM
+series whose headers carry the patient's name and id, prepared with ``medzsad prepare folder`` and
+evaluated with ``medzsad test`` into a local MLflow store. Nothing of the patient may reach the store:
+no database cell, artifact path, artifact content or spool file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pydicom
+from fault_helpers import PATIENT, TINY, one_error_line, write_ct_series
+
+from medzsad.data.ids import dicom_identifiers
+
+FOLDER = "LASTNAME_Firstname_PAT731904"
+
+
+def _export(root: Path) -> tuple[Path, set[str]]:
+    export = root / FOLDER
+    files = write_ct_series(export / "normal", n=3, seed=1) + write_ct_series(export / "lesion", n=3, seed=2)
+    identifiers = {"LASTNAME", "Firstname", PATIENT["id"], FOLDER}
+    for path in files:
+        identifiers |= dicom_identifiers(pydicom.dcmread(path, stop_before_pixels=True))
+    return export, {i.casefold() for i in identifiers}
+
+
+def _store_text(*roots: Path) -> str:
+    """Every cell of every SQLite table, every file path and every file's bytes under ``roots``."""
+    parts = []
+    for root in roots:
+        for path in root.rglob("*"):
+            parts.append(path.relative_to(root).as_posix())
+            if path.is_file() and path.suffix == ".db":
+                with sqlite3.connect(path) as db:
+                    for (table,) in db.execute("select name from sqlite_master where type='table'"):
+                        parts.extend(str(cell) for row in db.execute(f'select * from "{table}"') for cell in row)
+            elif path.is_file():
+                parts.append(path.read_bytes().decode("latin-1"))
+    return "\n".join(parts).casefold()
+
+
+def _tracking(store: Path) -> list[str]:
+    return [
+        "tracking.enabled=true",
+        f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
+        f"tracking.artifact_location={store / 'mlartifacts'}",
+    ]
+
+
+def test_patient_folder_and_headers_never_reach_mlflow(tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)  # the spool lives in the working folder
+    export, identifiers = _export(tmp_path / "exports")
+    code, out, err = cli("prepare", "folder", export)
+    assert code == 0, err
+    store = tmp_path / "store"
+    overrides = [*TINY[:4], *TINY[5:], *_tracking(store), "eval.output_dir=eval"]
+    code, out, err = cli("test", *overrides, f"data.test=[exports/{FOLDER}/meta.json]")
+    assert code == 0, err
+    text = _store_text(store, tmp_path / "mlflow-spool") if (tmp_path / "mlflow-spool").exists() else _store_text(store)
+    assert "image_auroc" in text and "dataset-1" in text and "category-1" in text  # the run really logged
+    leaked = sorted(i for i in identifiers if len(i) >= 4 and i in text)
+    assert leaked == [], f"identifiers in the MLflow store: {leaked}"
+    # The local outputs name the dataset neutrally too.
+    assert (tmp_path / "eval" / "scores_dataset-1.csv").is_file()
+    for table in (tmp_path / "eval").glob("*.csv"):
+        assert not any(i in table.read_text().casefold() for i in identifiers if len(i) >= 4), table
+
+
+def test_a_dataset_named_after_the_patient_id_is_refused_by_the_headers(tmp_path, monkeypatch, cli):
+    """The user names the dataset with the id the headers carry: the run refuses it in one line."""
+    monkeypatch.chdir(tmp_path)
+    export, _ = _export(tmp_path / "exports")
+    assert cli("prepare", "folder", export, "category=head")[0] == 0
+    store = tmp_path / "store"
+    overrides = [*TINY[:4], *TINY[5:], *_tracking(store), "eval.output_dir=eval"]
+    code, out, err = cli("test", *overrides, f"data.test=[{PATIENT['id']}={export}/meta.json]")
+    line = one_error_line(err)
+    assert code == 2 and "identifying value" in line and "data.test" in line
+    assert PATIENT["id"].casefold() not in line.casefold().replace(f"{PATIENT['id']}=".casefold(), "")
+    text = _store_text(store) if store.exists() else ""
+    assert PATIENT["id"].casefold() not in text
