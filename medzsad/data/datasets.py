@@ -159,7 +159,7 @@ class ManifestDataset(Dataset):
         return category in self._with_masks
 
     def source_files(self) -> list[Path]:
-        """Every image and mask file of the split (for a header pass, e.g. :func:`~medzsad.data.ids.dataset_identifiers`)."""
+        """Every image and mask file of the split; :func:`~medzsad.data.ids.dataset_identifiers` reads their headers."""
         rels = dict.fromkeys(rel for r in self.records for rel in (r.img_path, r.mask_path) if rel)
         return [self.manifest.resolve(rel) for rel in rels]
 
@@ -413,7 +413,7 @@ class FolderDataset(Dataset):
         )
 
     def source_files(self) -> list[Path]:
-        """Every file the samples are read from (for a header pass, e.g. :func:`~medzsad.data.ids.dataset_identifiers`)."""
+        """Every file the samples are read from; :func:`~medzsad.data.ids.dataset_identifiers` reads their headers."""
         series = [str(p) for files in self._series.values() for p in files]
         return [
             Path(s) for s in dict.fromkeys([e.source for e in self.entries if e.source not in self._series] + series)

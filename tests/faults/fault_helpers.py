@@ -11,7 +11,6 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-
 #: Tiny random-weight CLIP, a training-free method, CPU, no MLflow: runs take seconds.
 TINY = [
     "backbone.model_name=medzsad-tiny-fast",

@@ -28,7 +28,7 @@ def _export(root: Path) -> tuple[Path, set[str]]:
 def _store_text(*roots: Path) -> str:
     """Every cell of every SQLite table, every file path and every file's bytes under ``roots``."""
     parts = []
-    for root in roots:
+    for root in (r for r in roots if r.exists()):
         for path in root.rglob("*"):
             parts.append(path.relative_to(root).as_posix())
             if path.is_file() and path.suffix == ".db":
@@ -51,13 +51,13 @@ def _tracking(store: Path) -> list[str]:
 def test_patient_folder_and_headers_never_reach_mlflow(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)  # the spool lives in the working folder
     export, identifiers = _export(tmp_path / "exports")
-    code, out, err = cli("prepare", "folder", export)
+    code, _out, err = cli("prepare", "folder", export)
     assert code == 0, err
     store = tmp_path / "store"
     overrides = [*TINY[:4], *TINY[5:], *_tracking(store), "eval.output_dir=eval"]
-    code, out, err = cli("test", *overrides, f"data.test=[exports/{FOLDER}/meta.json]")
+    code, _out, err = cli("test", *overrides, f"data.test=[exports/{FOLDER}/meta.json]")
     assert code == 0, err
-    text = _store_text(store, tmp_path / "mlflow-spool") if (tmp_path / "mlflow-spool").exists() else _store_text(store)
+    text = _store_text(store, tmp_path / "mlflow-spool")
     assert "image_auroc" in text and "dataset-1" in text and "category-1" in text  # the run really logged
     leaked = sorted(i for i in identifiers if len(i) >= 4 and i in text)
     assert leaked == [], f"identifiers in the MLflow store: {leaked}"
@@ -74,9 +74,9 @@ def test_a_dataset_named_after_the_patient_id_is_refused_by_the_headers(tmp_path
     assert cli("prepare", "folder", export, "category=head")[0] == 0
     store = tmp_path / "store"
     overrides = [*TINY[:4], *TINY[5:], *_tracking(store), "eval.output_dir=eval"]
-    code, out, err = cli("test", *overrides, f"data.test=[{PATIENT['id']}={export}/meta.json]")
+    code, _out, err = cli("test", *overrides, f"data.test=[{PATIENT['id']}={export}/meta.json]")
     line = one_error_line(err)
     assert code == 2 and "identifying value" in line and "data.test" in line
     assert PATIENT["id"].casefold() not in line.casefold().replace(f"{PATIENT['id']}=".casefold(), "")
-    text = _store_text(store) if store.exists() else ""
+    text = _store_text(store, tmp_path / "mlflow-spool")
     assert PATIENT["id"].casefold() not in text

@@ -1,7 +1,8 @@
 """Real DICOM files through tracking: none of their identifiers may end up in the MLflow store.
 
 The data layer's job (pseudonymous ids, registering header identifiers) is stood in for here with
-an HMAC of the SOP Instance UID and the header values handed to the run (``tracked_run(forbidden=...)``), as the engine does.
+an HMAC of the SOP Instance UID and the header values handed to the run
+(``tracked_run(forbidden=...)``), as the engine does.
 """
 
 from __future__ import annotations
