@@ -110,9 +110,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from medzsad.cli.main import UserError
     from medzsad.tracking import serve_ui
 
-    server = serve_ui(Path(args.store), port=args.port)
+    try:
+        server = serve_ui(Path(args.store), port=args.port, timeout_s=args.timeout)
+    except (FileNotFoundError, OSError, TimeoutError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log = Path(args.store).resolve() / "mlflow-ui.log"
+        detail = (
+            f" (server log: {log}; wait longer with --timeout)" if isinstance(exc, TimeoutError | RuntimeError) else ""
+        )
+        raise UserError(f"ui: {first}{detail}") from None
     print(f"MLflow UI on {server.url} (loopback only); Ctrl-C to stop")
     try:
         server.wait()

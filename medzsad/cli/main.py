@@ -9,8 +9,11 @@ exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from medzsad import __version__
 
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the MLflow UI on the local store (loopback only)")
     ui.add_argument("--store", default=".", help="folder holding mlflow.db and mlartifacts (default: .)")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server to start")
 
     tracking = commands.add_parser("tracking", help="tracking utilities")
     tracking_commands = tracking.add_subparsers(dest="tracking_command", required=True, metavar="action")
@@ -100,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medzsad`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = _sigterm_interrupts()
     try:
         from medzsad.cli import commands
 
@@ -112,6 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         _leave_process_group()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_interrupts() -> Any:
+    """``kill`` (SIGTERM) ends a command like Ctrl-C: written outputs kept, an open MLflow run ended KILLED.
+    Returns the previous handler (None when not in the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _process_note() -> str:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from medzsad.data.errors import DataError, MissingDecoderError, NotAnImageError
 from medzsad.data.ids import clean_meta
+from medzsad.data.limits import check_image_size, check_volume_size, itk_problem, tiff_page_shape, warn_soft_mask
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -216,6 +217,30 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
         raise DataError(path, f"invalid pixel data ({type(exc).__name__}: {_first_line(exc)})") from None
 
 
+_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+
+
+def _has_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _no_pixels_reason(ds: Any, path: Path) -> str:
+    """Why a parsed file has no pixels: empty, not DICOM at all, a DICOMDIR, or a non-image object."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "empty file (0 bytes), not a DICOM image"
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    if sop_class == _DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        return "is a DICOMDIR (the index of a DICOM disc); give the folder holding the image files instead"
+    if not sop_class and "Modality" not in ds and not _has_preamble(path):
+        return "not a DICOM file (no DICM header and no DICOM attributes); it is corrupt or of another format"
+    name = getattr(getattr(ds, "SOPClassUID", None), "name", "") or sop_class or "unknown"
+    return f"DICOM object without pixel data ({name}), e.g. a report or presentation state: not an image"
+
+
 def _functional_item(ds: Any, sequence: str, frame: int) -> Any | None:
     """The per-frame item if present, else the shared one, for an Enhanced multi-frame attribute."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -278,7 +303,7 @@ def dicom_pixels(ds: Any, path: str | Path, frame: int | None = None) -> tuple[n
     """
     path = Path(path)
     if not _has_pixels(ds):
-        raise NotAnImageError(path, "DICOM file has no pixel data")
+        raise NotAnImageError(path, _no_pixels_reason(ds, path))
     modality = str(ds.get("Modality", "") or "").upper()
     if modality in _NOT_IMAGES:
         raise NotAnImageError(path, f"this is {_NOT_IMAGES[modality]}")
@@ -288,6 +313,9 @@ def dicom_pixels(ds: Any, path: str | Path, frame: int | None = None) -> tuple[n
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
 
+    frame_shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), samples)
+    check_image_size(path, frame_shape)  # pydicom has no decompression-bomb limit of its own
+    check_volume_size(path, (n_frames, *frame_shape))
     raw = _decode(ds, path)
     if n_frames == 1:
         raw = raw[None]
@@ -388,13 +416,21 @@ def _png_bit_depth(path: Path) -> tuple[int, int]:
     return head[24], head[25]
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the PNG IHDR chunk."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
 def _read_with_sitk(path: Path) -> np.ndarray:
     import SimpleITK as sitk
 
+    check_image_size(path, _png_size(path))  # ITK has no decompression-bomb limit of its own
     try:
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except RuntimeError as exc:
-        raise DataError(path, f"cannot read image ({_first_line(exc)})") from None
+        raise DataError(path, f"cannot read image ({itk_problem(exc)})") from None
 
 
 def _read_raster(path: Path, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -437,6 +473,7 @@ def _pil_to_array(image: Image.Image, meta: dict[str, Any]) -> np.ndarray:
 def _read_tiff(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     import tifffile
 
+    check_image_size(path, tiff_page_shape(path))  # tifffile has no decompression-bomb limit of its own
     try:
         array = np.asarray(tifffile.imread(path, key=0))
     except Exception as exc:
@@ -491,12 +528,18 @@ def read_image(path: str | Path, frame: int | None = None) -> ImageData:
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "dicom_series":
-        raise NotAnImageError(path, "is a folder; read DICOM series with medzsad.data.volumes.read_volume")
+        raise NotAnImageError(
+            path,
+            "is a folder (a DICOM series?); score it with `medzsad predict --input FOLDER`, "
+            "or list its files with `medzsad prepare folder`",
+        )
     if fmt == "dicom":
         pixels, meta, identity, _header = read_dicom(path, frame)
         if frame is None and pixels.shape[0] != 1:
             raise NotAnImageError(
-                path, f"multi-frame DICOM with {pixels.shape[0]} frames; pass frame=<index> or use read_frames"
+                path,
+                f"multi-frame DICOM with {pixels.shape[0]} frames; `medzsad predict` scores every frame "
+                "and `medzsad prepare folder` lists one record per frame",
             )
         if frame is None:
             pixels = pixels[0]
@@ -516,7 +559,11 @@ def _single_slice_volume(path: Path) -> ImageData:
     volume = read_volume(path)
     axes = [i for i, n in enumerate(volume.array.shape) if n == 1]
     if not axes:
-        raise NotAnImageError(path, f"3-D volume of shape {volume.array.shape}; slice it with medzsad.data.volumes")
+        raise NotAnImageError(
+            path,
+            f"3-D volume of shape {volume.array.shape}; `medzsad predict` scores it slice by slice "
+            "and `medzsad prepare volumes` lists its slices",
+        )
     axis = {0: "axial", 1: "coronal", 2: "sagittal"}[axes[0]]
     array = volume.slice(axis, 0).astype(np.float32)
     return ImageData(array, volume.modality, dict(volume.meta), volume.identity)
@@ -530,18 +577,19 @@ def read_mask(path: str | Path, frame: int | None = None) -> np.ndarray:
     if fmt in ("png", "jpeg", "bmp", "image"):
         try:
             with Image.open(path) as image:
-                if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                    return np.asarray(image) > 0
-                return np.asarray(image.convert("L")) > 0
+                values = np.asarray(image) if image.mode in ("I", "I;16", "I;16B", "I;16L", "F") else None
+                values = np.asarray(image.convert("L")) if values is None else values
         except Exception as exc:
             raise DataError(path, f"cannot read mask ({type(exc).__name__}: {_first_line(exc)})") from None
+        warn_soft_mask(path, values)
+        return values > 0
     if fmt == "dicom":
         ds = _dcmread(path)
         raw = _decode(ds, path)
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         if n_frames > 1:
             if frame is None:
-                raise DataError(path, f"mask has {n_frames} frames; pass frame=<index>")
+                raise DataError(path, f"mask has {n_frames} frames; its manifest record needs a frame_index")
             raw = raw[frame]
         return (raw.max(axis=-1) if raw.ndim == 3 else raw) > 0
     data = read_image(path, frame).array

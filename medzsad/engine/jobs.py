@@ -320,7 +320,7 @@ def run_train(config: RunConfig, finetune: bool = False) -> TrainResult:
         on_epoch = (lambda epoch, losses: run.log_epoch(epoch, losses)) if run is not None else None
         state = {"tracking_run_id": run.run_id} if run is not None and run.run_id else None
         metadata = {"aux_data": aux, "finetune": finetune}
-        result = train(method, dataset, config.train, device, on_epoch, metadata, state)
+        result = train(method, dataset, config.train, device, on_epoch, metadata, extra_state=state)
         if run is not None and result.last_checkpoint is not None:
             tensors, meta = checkpoint_paths(result.last_checkpoint)
             run.log_checkpoint(tensors, meta)

@@ -35,9 +35,11 @@ from medzsad.data.transforms import ClipImageTransform, map_to_original
 from medzsad.data.volumes import predict_volume, read_volume, write_nifti
 from medzsad.engine import distributed
 from medzsad.engine.evaluate import display_images
+from medzsad.engine.skipping import live_tables
 from medzsad.methods.base import ZsadMethod
 from medzsad.tracking.render import MapScale, heat_rgb
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
+from medzsad.utils.tables import write_csv
 
 VOLUME_FORMATS = {"nifti", "nrrd", "itk", "dicom_series"}
 OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image
@@ -114,6 +116,7 @@ class Predictor:
         self.precision = precision
         self.rows: list[str] = ["sample_id,kind,score,height,width,volume_id,slice_index"]
         self.index_rows: list[str] = ["sample_id,source"]
+        self._live = live_tables(self.output_dir, (self.rows[0], self.index_rows[0]))
 
     def run_model(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """``(scores [B], maps [B, S, S])`` for a batch."""
@@ -137,8 +140,8 @@ class Predictor:
         np.savez_compressed(buffer, anomaly_map=full, score=np.float32(score))
         atomic_write_bytes(self.output_dir / "maps" / f"{sample.sample_id}.npz", buffer.getvalue())
         atomic_write_bytes(self.output_dir / "overlays" / f"{sample.sample_id}.png", overlay_png(image, full))
-        self.rows.append(f"{sample.sample_id},image,{score:.8g},{height},{width},,")
-        self.index_rows.append(f"{sample.sample_id},{_quote(str(source))}")
+        self._add(f"{sample.sample_id},image,{score:.8g},{height},{width},,", 0)
+        self._add(f"{sample.sample_id},{_quote(str(source))}", 1)
 
     def predict_volume(self, path: Path) -> None:
         volume = read_volume(path)
@@ -153,11 +156,18 @@ class Predictor:
         map_volume = predict_volume(volume, map_fn, transform=self.transform, batch_size=self.batch_size)
         write_nifti(map_volume, volume, self.output_dir / "volumes" / f"{volume_id}_map.nii.gz")
         for index, score in slice_scores:
-            self.rows.append(f"{volume_id}:{index},slice,{score:.8g},,,{volume_id},{index}")
-        self.index_rows.append(f"{volume_id},{_quote(str(path))}")
+            self._add(f"{volume_id}:{index},slice,{score:.8g},,,{volume_id},{index}", 0)
+        self._add(f"{volume_id},{_quote(str(path))}", 1)
+
+    def _add(self, line: str, table: int) -> None:
+        """A row of ``scores.csv`` (0) or of the sample index (1), kept and written to disk at once."""
+        (self.rows, self.index_rows)[table].append(line)
+        self._live[table].append_line(line)
 
     def finish(self) -> None:
         """Write the CSVs; under torchrun rank 0 writes every process's rows, in rank order."""
+        for table in self._live:
+            table.close()
         parts = distributed.gather_objects((self.rows[1:], self.index_rows[1:]))
         if parts is None:
             return
@@ -165,6 +175,9 @@ class Predictor:
         index_rows = self.index_rows[:1] + [row for part in parts for row in part[1]]
         atomic_write_text(self.output_dir / "scores.csv", "\n".join(rows) + "\n")
         atomic_write_text(self.output_dir / "sample_index.local.csv", "\n".join(index_rows) + "\n")
+        if distributed.world_size() > 1:
+            for path in self.output_dir.glob(".*.partial*.csv"):
+                path.unlink(missing_ok=True)
 
 
 def _quote(text: str) -> str:
@@ -180,6 +193,20 @@ def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) 
     buffer = io.BytesIO()
     Image.fromarray(blended).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _as_data_error(exc: BaseException, path: Path) -> DataError:
+    if isinstance(exc, DataError):
+        return exc
+    return DataError(path, "not enough memory to decode it")  # a MemoryError from a decoder
+
+
+def _write_skipped(output_dir: Path, skipped: list[tuple[str, str]]) -> None:
+    """``skipped.csv`` (sample_id, problem) with every process's skipped inputs; none written when none."""
+    parts = distributed.gather_objects(skipped)
+    rows = [row for part in parts or [] for row in part]
+    if rows:
+        write_csv(output_dir / "skipped.csv", ("sample_id", "problem"), rows)
 
 
 def samples_from_file(path: Path, transform: ClipImageTransform) -> list[Sample]:
@@ -209,8 +236,11 @@ def predict_paths(
     batch_size: int = 8,
     precision: str = "fp32",
     report: Callable[[str], None] = print,
+    stop_on_error: bool = False,
 ) -> PredictSummary:
-    """Score every input; unreadable ones are reported (one line each) and skipped.
+    """Score every input; unreadable ones are reported (one line each), skipped and listed in ``skipped.csv``
+    (pseudonymous id and problem), or with ``stop_on_error`` the first one stops the run. Rows of
+    ``scores.csv`` are on disk as soon as their maps are (:func:`~medzsad.engine.skipping.live_tables`).
 
     Under torchrun each process scores its block of the inputs and reports its own unreadable ones;
     the returned summary (counts, failures) covers every process's inputs, on every process.
@@ -222,6 +252,7 @@ def predict_paths(
     if not paths:
         raise DataError(Path(*[str(i) for i in inputs][:1] or ["."]), "no images or scans found")
     block = distributed.shard_range(len(paths))
+    skipped: list[tuple[str, str]] = []
     show = None if distributed.is_main() else True
     for path in tqdm(paths[block.start : block.stop], desc="predict", disable=show):
         try:
@@ -232,10 +263,15 @@ def predict_paths(
                 samples = samples_from_file(path, transform)
                 predictor.predict_images(samples, path)
                 summary.images += len(samples)
-        except DataError as exc:
-            summary.failures.append(str(exc))
-            report(f"skipped: {exc}")
+        except (DataError, MemoryError) as exc:
+            error = _as_data_error(exc, path)
+            if stop_on_error:
+                raise error from None
+            summary.failures.append(str(error))
+            skipped.append((pseudonymous_id(str(path.resolve())), error.problem))
+            report(f"skipped: {error}")
     predictor.finish()
+    _write_skipped(Path(output_dir), skipped)
     if distributed.world_size() > 1:
         parts = distributed.all_gather_objects((summary.images, summary.volumes, summary.failures))
         summary.images = sum(part[0] for part in parts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -19,8 +20,9 @@ from torch.utils.data import Dataset
 from medzsad.data.errors import DataError
 from medzsad.data.ids import pseudonymous_id
 from medzsad.data.records import Batch, Sample, collate_samples
+from medzsad.utils.tables import AppendingCsv
 
-__all__ = ["Collated", "Skipped", "SkippingDataset", "collate_or_skip", "skipped_aside"]
+__all__ = ["Collated", "Skipped", "SkippingDataset", "collate_or_skip", "live_tables", "skipped_aside"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,22 @@ def skipped_aside(
             on_skip(skipped)
         if item.batch is not None:
             yield item.batch
+
+
+def live_tables(output_dir: Path, headers: Sequence[str]) -> list[AppendingCsv]:
+    """``scores.csv`` and ``sample_index.local.csv`` written row by row as samples complete, so a run that
+    is interrupted keeps the score of every map it wrote. Under torchrun each process writes its own
+    ``.scores.partial<rank>.csv`` (and index), which rank 0 merges into the final tables at the end.
+    """
+    from medzsad.engine import distributed
+
+    names = ("scores.csv", "sample_index.local.csv")
+    if distributed.world_size() > 1:
+        names = tuple(f".{Path(n).stem}.partial{distributed.rank()}.csv" for n in names)
+    tables = []
+    for name, header in zip(names, headers):
+        (output_dir / name).unlink(missing_ok=True)  # a fresh table: rows of another run never mix in
+        table = AppendingCsv(output_dir / name, ())
+        table.append_line(header)
+        tables.append(table)
+    return tables
