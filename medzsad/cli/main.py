@@ -9,6 +9,7 @@ exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import threading
@@ -18,6 +19,8 @@ from typing import Any
 from medzsad import __version__
 
 EXIT_USER_ERROR = 2
+# A full disk or quota, a read-only or vanished mount: the machine's fault, reported on one line.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
 
 
 class UserError(Exception):
@@ -115,6 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medzsad: interrupted; completed epochs and written outputs are kept", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRORS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medzsad: error: {where}{exc.strerror}; the outputs written before are kept", file=sys.stderr)
+        return 1
     finally:
         _leave_process_group()
         if previous is not None:

@@ -35,7 +35,7 @@ from medzsad.data.transforms import ClipImageTransform, map_to_original
 from medzsad.data.volumes import predict_volume, read_volume, write_nifti
 from medzsad.engine import distributed
 from medzsad.engine.evaluate import display_images
-from medzsad.engine.skipping import live_tables
+from medzsad.engine.skipping import live_tables, pathless
 from medzsad.methods.base import ZsadMethod
 from medzsad.tracking.render import MapScale, heat_rgb
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
@@ -268,7 +268,7 @@ def predict_paths(
             if stop_on_error:
                 raise error from None
             summary.failures.append(str(error))
-            skipped.append((pseudonymous_id(str(path.resolve())), error.problem))
+            skipped.append((pseudonymous_id(str(path.resolve())), pathless(error.problem)))
             report(f"skipped: {error}")
     predictor.finish()
     _write_skipped(Path(output_dir), skipped)

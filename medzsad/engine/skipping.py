@@ -10,6 +10,7 @@ reporting each marker on one line, or raising it again in ``stop`` mode.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,23 @@ from medzsad.data.ids import pseudonymous_id
 from medzsad.data.records import Batch, Sample, collate_samples
 from medzsad.utils.tables import AppendingCsv
 
-__all__ = ["Collated", "Skipped", "SkippingDataset", "collate_or_skip", "live_tables", "skipped_aside"]
+__all__ = [
+    "Collated",
+    "Skipped",
+    "SkippingDataset",
+    "collate_or_skip",
+    "live_tables",
+    "pathless",
+    "skipped_aside",
+]
+
+# An absolute path inside a library's message (nibabel, ITK and others quote the file they failed on).
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/\"']+){2,}")
+
+
+def pathless(problem: str) -> str:
+    """``problem`` with any absolute path replaced by ``<file>``: the skip lists are tables that get shared."""
+    return _PATH.sub("<file>", problem)
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,7 @@ class SkippingDataset(Dataset):
         source, category = _source_of(self.dataset, index)
         if not where:
             where = source.split("|", 1)[-1].rsplit("#", 1)[0]
-        return Skipped(index, pseudonymous_id(source), problem, where, category)
+        return Skipped(index, pseudonymous_id(source), pathless(problem), where, category)
 
 
 @dataclass
