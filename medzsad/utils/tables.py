@@ -61,8 +61,7 @@ class AppendingCsv:
     def _put(self, row: Sequence[Any]) -> None:
         buffer = io.StringIO()
         csv.writer(buffer, lineterminator="\n").writerow([_cell(v, self.float_format) for v in row])
-        self._handle.write(buffer.getvalue())
-        self._handle.flush()
+        self.append_line(buffer.getvalue()[:-1])
 
     def append(self, row: Sequence[Any]) -> None:
         """Write one row now."""
@@ -70,8 +69,11 @@ class AppendingCsv:
 
     def append_line(self, line: str) -> None:
         """Write one row already formatted as CSV (no line break), now."""
-        self._handle.write(line + "\n")
-        self._handle.flush()
+        try:
+            self._handle.write(line + "\n")
+            self._handle.flush()
+        except OSError as exc:  # a full disk: name the table, as the one line the user reads must
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def close(self) -> None:
         self._handle.close()

@@ -48,7 +48,9 @@ def _bad_files(folder: Path) -> dict[str, tuple[str, str]]:
     ds.save_as(folder / "report.dcm")
     shutil.copy(get_testdata_file("JPEG-lossy.dcm"), folder / "jpeg12.dcm")
     tifffile.imwrite(folder / "bomb.tif", np.zeros((600, 600), np.uint8), compression="zlib")
-    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((600, 600, 3), np.uint16), isVector=True), str(folder / "rgb16.png"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.zeros((600, 600, 3), np.uint16), isVector=True), str(folder / "rgb16.png")
+    )
     nan = np.zeros((8, 8, 4), np.float32)
     nan[2, 2, 1] = np.nan
     nib.save(nib.Nifti1Image(nan, np.eye(4)), folder / "nan.nii.gz")
