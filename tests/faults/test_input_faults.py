@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
-import os
 import shutil
 import struct
 from pathlib import Path
@@ -133,7 +132,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_each_bad_file_is_one_line_naming_it(case, run):
-    code, text, root, cases = run
+    _, text, _, cases = run
     name, words = cases[case]
     lines = [line for line in text.splitlines() if line.startswith("skipped:") and f"/{name}:" in line]
     assert len(lines) == 1, text
@@ -142,18 +141,18 @@ def test_each_bad_file_is_one_line_naming_it(case, run):
 
 
 def test_a_file_of_no_known_type(run):
-    code, text, root, cases = run
+    text = run[1]
     lines = [line for line in text.splitlines() if "notes.txt" in line]
     assert len(lines) == 1 and "unknown file type" in lines[0]
 
 
 def test_the_12_bit_jpeg_gives_no_pydicom_traceback(run):
-    code, text, root, cases = run
+    text = run[1]
     assert "pydicom" not in text.replace("site-packages/pydicom/data", "")  # no pydicom log or traceback
 
 
 def test_a_dicom_series_folder_is_scored_as_a_volume(tmp_path, cli):
     write_ct_series(tmp_path / "series", n=3)
-    code, out, err = cli("predict", "-i", tmp_path / "series", "-o", tmp_path / "out", *TINY)
+    code, _, err = cli("predict", "-i", tmp_path / "series", "-o", tmp_path / "out", *TINY)
     assert code == 0, err
     assert len(list((tmp_path / "out" / "volumes").glob("*_map.nii.gz"))) == 1

@@ -89,7 +89,7 @@ def test_a_decoder_out_of_memory_skips_that_input_only(tmp_path, cli, monkeypatc
         return original(path, transform)
 
     monkeypatch.setattr(predict_module, "samples_from_file", memory_hungry)
-    code, out, err = cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "out", *TINY)
+    code, out, _ = cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "out", *TINY)
     assert code == 1 and "001.png: not enough memory" in out
     assert len(_rows(tmp_path / "out" / "scores.csv")) == 2
     assert "not enough memory" in (tmp_path / "out" / "skipped.csv").read_text()
