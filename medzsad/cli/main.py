@@ -33,9 +33,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from medzsad.engine.checkpoints import CheckpointError
     from medzsad.engine.config import ConfigError
     from medzsad.engine.train import TrainingError
-    from medzsad.tracking.phi import PHIError
 
-    return (UserError, ConfigError, CheckpointError, WeightsUnavailableError, DataError, TrainingError, PHIError)
+    # A PHIError can only come from a loaded guard: importing tracking just to name it would slow every error.
+    phi = sys.modules.get("medzsad.tracking.phi")
+    extra = (phi.PHIError,) if phi is not None else ()
+    return (UserError, ConfigError, CheckpointError, WeightsUnavailableError, DataError, TrainingError, *extra)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -105,9 +105,8 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     """Maps, overlays and scores for every input (see :mod:`medzsad.engine.predict`); under torchrun each
     process scores its block of the inputs and rank 0 writes the merged CSVs."""
     check_device(config.device)
-    if distributed.is_main():
-        claim_output_dir(output_dir, "--output", config.eval.overwrite)
     device = distributed.setup(config.device)
+    _claim(output_dir, "--output", config)
     method = build_method(config)
     _require_trained(method, config)
     transform = make_transform(config, method.image_size)
@@ -115,6 +114,20 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
         method, inputs, output_dir, device, transform, config.eval.batch_size, config.eval.precision,
         stop_on_error=config.eval.on_error == "stop",
     )  # fmt: skip
+
+
+def _claim(output_dir: Path, key: str, config: RunConfig) -> None:
+    """Rank 0 checks the output folder and clears earlier results (``eval.overwrite``); the others wait,
+    so no process writes before the folder is ready, and an error stops every process."""
+    error = None
+    if distributed.is_main():
+        try:
+            claim_output_dir(output_dir, key, config.eval.overwrite)
+        except ConfigError as exc:
+            error = str(exc)
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise ConfigError(error)
 
 
 # -- test ------------------------------------------------------------------------------------------
@@ -175,9 +188,8 @@ def evaluate_config(
     check_device(config.device)
     output_dir = Path(config.eval.output_dir)
     specs = [parse_dataset_spec(text, position) for position, text in enumerate(config.data.test, start=1)]
-    if distributed.is_main():
-        claim_output_dir(output_dir, "eval.output_dir", config.eval.overwrite)
     device = distributed.setup(config.device)
+    _claim(output_dir, "eval.output_dir", config)
     main = distributed.is_main()
     method = method if method is not None else build_method(config)
     _require_trained(method, config)
