@@ -188,6 +188,9 @@ def evaluate_config(
     check_device(config.device)
     output_dir = Path(config.eval.output_dir)
     specs = [parse_dataset_spec(text, position) for position, text in enumerate(config.data.test, start=1)]
+    for position, spec in enumerate(specs):  # every dataset exists before the first one is scored
+        if not spec.path.exists():
+            raise ConfigError(f"data.test[{position}]: {spec.path}: dataset not found")
     device = distributed.setup(config.device)
     _claim(output_dir, "eval.output_dir", config)
     main = distributed.is_main()

@@ -135,3 +135,10 @@ def test_read_only_output_location_is_refused_before_any_work(images, read_only_
 def test_read_only_eval_output_dir_is_refused_before_any_work(read_only_dir, cli):
     code, _, err = cli("test", *TINY, "data.test=[x]", f"eval.output_dir={read_only_dir}")
     assert code == 2 and "eval.output_dir" in one_error_line(err)
+
+
+def test_a_missing_second_dataset_is_refused_before_the_first_is_scored(images, tmp_path, cli):
+    code, _, err = cli("test", *TINY, f"data.test=[{images}, {tmp_path / 'gone'}]", f"eval.output_dir={tmp_path / 'o'}")
+    line = one_error_line(err)
+    assert code == 2 and "data.test[1]" in line and "gone" in line
+    assert not list((tmp_path / "o").glob("scores_*.csv"))

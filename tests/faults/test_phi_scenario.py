@@ -80,3 +80,39 @@ def test_a_dataset_named_after_the_patient_id_is_refused_by_the_headers(tmp_path
     assert PATIENT["id"].casefold() not in line.casefold().replace(f"{PATIENT['id']}=".casefold(), "")
     text = _store_text(store, tmp_path / "mlflow-spool")
     assert PATIENT["id"].casefold() not in text
+
+
+def test_the_identifiers_of_a_dataset_come_from_its_headers(tmp_path):
+    from medzsad.data.ids import dataset_identifiers
+
+    files = write_ct_series(tmp_path / "s", n=2)
+    (tmp_path / "s" / "notes.txt").write_text("not DICOM")
+    found = {v.casefold() for v in dataset_identifiers([*files, tmp_path / "s" / "notes.txt"])}
+    assert {"lastname", "firstname", PATIENT["id"].casefold(), "st elsewhere clinic", "acc99817"} <= found
+
+
+def test_every_string_a_run_sends_is_checked_against_the_values_it_received(tmp_path):
+    import pytest
+
+    from medzsad.tracking import PHIError, Purpose, TrackingConfig, tracked_run
+
+    config = TrackingConfig(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=tmp_path / "art",
+        spool_dir=tmp_path / "spool",
+    )
+    kwargs = {
+        "method": "clip", "backbone": "tiny", "weight_hash": "0" * 16, "config_dict": {}, "code_version": "t",
+        "forbidden": {PATIENT["id"], "LASTNAME"},
+    }  # fmt: skip
+    with pytest.raises(PHIError, match="target_dataset"):
+        tracked_run(config, Purpose.ZERO_SHOT_EVAL, target_dataset=f"x-{PATIENT['id']}", **kwargs).__enter__()
+    with tracked_run(config, Purpose.ZERO_SHOT_EVAL, target_dataset="dataset-1", **kwargs) as run:
+        for send in (
+            lambda: run.log_metrics({f"{PATIENT['id']}/image_auroc": 0.5}),
+            lambda: run.set_tags({"note": "lastname"}),
+            lambda: run.log_eval({"LASTNAME": {"image_auroc": 0.5}, "mean": {"image_auroc": 0.5}}),
+        ):
+            with pytest.raises(PHIError):
+                send()
+        run.log_metrics({"image_auroc": 0.5})  # ordinary names pass
