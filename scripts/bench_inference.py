@@ -10,8 +10,14 @@ GPU bf16/fp16 transformer blocks (``--precision``) and optional ``torch.compile`
 Both paths run in this one process on the same inputs and the same random-weight backbone (no weights
 are downloaded); the script prints images/s, the ratio, peak memory and how far the outputs differ.
 
+With ``--predict-images N`` it adds a ``predict`` row per method: ``medzsad predict`` on a folder of N
+PNG files (reading, transform, model, maps + overlays + CSV written) against the evaluation loop of
+``medzsad test`` on the same folder (reading, transform, model, metrics). Both run the engine's one
+inference loop (``medzsad.engine.inference.predict_batches``), so the ratio shows what the writing costs.
+
     python scripts/bench_inference.py                        # CPU: ViT-L-14-336 at 518 px, 2 images
     python scripts/bench_inference.py --images 64 --batch 32 --precision bf16   # on a GPU
+    python scripts/bench_inference.py --model medzsad-tiny-fast --image-size 224 --predict-images 64
 """
 
 from __future__ import annotations
@@ -19,16 +25,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from medzsad.backbone import ClipBackbone, PromptableTextEncoder, load_clip
+from medzsad.data.datasets import FolderDataset
+from medzsad.data.transforms import ClipImageTransform
+from medzsad.engine.config import EvalConfig
+from medzsad.engine.evaluate import evaluate
+from medzsad.engine.predict import predict_paths
+from medzsad.engine.randomness import method_noise
 from medzsad.methods.registry import method_class
 
 
@@ -120,23 +136,26 @@ def bench_method(name: str, backbone: ClipBackbone, images: torch.Tensor, args, 
     torch.manual_seed(0)
     method = cls(backbone, cls.config_class(image_size=args.image_size)).to(device).eval()
 
+    def draws(first: int, count: int):
+        """CoPS's seeded draws of images ``first .. first + count - 1`` (the same in both paths)."""
+        return method_noise(method, False, 0, [(i,) for i in range(first, first + count)])
+
     def plain_predict(batch: torch.Tensor):
         outputs = []
         method.backbone.set_precision("fp32")
-        method.reset_generator(0)  # CoPS draws its samples image by image: the same draws as ours
         with plain_path(), torch.no_grad():
-            for image in batch:
+            for index, image in enumerate(batch):
                 method._text_cache = None  # the official test recomputes the text for every image
-                outputs.append(method.predict(image[None].to(device)))
+                outputs.append(method.predict(image[None].to(device), draws(index, 1)))
         return outputs
 
     def ours_predict(batch: torch.Tensor):
         outputs = []
         method.backbone.set_precision(args.precision)
-        method.reset_generator(0)
         with torch.inference_mode():
-            for chunk in batch.split(args.batch):
-                outputs.append(predictor(chunk.to(device, non_blocking=True)))
+            for start in range(0, len(batch), args.batch):
+                chunk = batch[start : start + args.batch]
+                outputs.append(predictor(chunk.to(device, non_blocking=True), draws(start, len(chunk))))
         return outputs
 
     predictor = torch.compile(method.predict) if args.compile else method.predict
@@ -162,7 +181,36 @@ def bench_method(name: str, backbone: ClipBackbone, images: torch.Tensor, args, 
     }
     if args.train_steps > 0:
         result.update(bench_training(method, images, args, device))
+    if args.predict_images > 0:
+        result.update(bench_predict(method, args, device))
     return result
+
+
+def bench_predict(method, args, device: torch.device) -> dict:
+    """images/s of ``medzsad test``'s evaluation loop and of ``medzsad predict`` on one folder of PNGs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(args.predict_images):
+            pixels = rng.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+        transform = ClipImageTransform(args.image_size)
+        dataset = FolderDataset(folder, transform=transform)
+        config = EvalConfig(batch_size=args.batch, precision=args.precision, pixel_metrics=False)
+
+        def test() -> None:
+            evaluate(method, dataset, config, device, "bench")
+
+        def predict() -> None:
+            out = Path(tempfile.mkdtemp(dir=tmp))
+            predict_paths(method, [folder], out, device, transform, args.batch, args.precision, report=print)
+
+        test()  # warm-up of both, excluded
+        predict()
+        test_rate = timed(device, args.predict_images, test).images_per_s
+        predict_rate = timed(device, args.predict_images, predict).images_per_s
+    return {"test_img_s": test_rate, "predict_img_s": predict_rate, "predict_ratio": predict_rate / test_rate}
 
 
 def bench_training(method, images: torch.Tensor, args, device: torch.device) -> dict:
@@ -206,6 +254,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile our predict")
     parser.add_argument("--train-steps", type=int, default=1, help="training steps per timed pass (0: skip)")
     parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--predict-images", type=int, default=0, help="images of the predict row's folder (0: skip)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -232,6 +281,12 @@ def main() -> None:
             + train,
             flush=True,
         )
+        if "predict_ratio" in r:
+            print(
+                f"{'':<12}predict: test loop {r['test_img_s']:.3f} img/s, folder prediction {r['predict_img_s']:.3f} "
+                f"img/s, ratio {r['predict_ratio']:.2f} (batch {args.batch}, {args.predict_images} PNGs)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

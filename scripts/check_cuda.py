@@ -10,7 +10,7 @@ on the CPU against itself, which only proves the script works. For each method i
 * whether ``predict`` forces the host to wait for the GPU (``torch.cuda.set_sync_debug_mode``): the
   evaluation loop launches the next batch before handing over the last one, which only pays off when
   ``predict`` launches its work without synchronising;
-* the evaluation loop with one batch ahead (``predictions_ahead``) against a plain loop, with the
+* the engine's inference loop, one batch ahead (``predict_batches``), against a plain loop, with the
   host-side metric work of a real evaluation, in images/s;
 * one training step in fp32, bf16 and fp16 (loss scaling): finite loss, prompts moved.
 
@@ -26,9 +26,13 @@ import time
 import torch
 
 from medzsad.backbone import ClipBackbone, load_clip
-from medzsad.engine.evaluate import _update_metrics, predictions_ahead
+from medzsad.data.records import Sample, collate_samples
+from medzsad.engine.evaluate import _update_metrics
+from medzsad.engine.inference import indexed, predict_batches
+from medzsad.engine.randomness import method_noise
 from medzsad.engine.train import gradient_scaler, optimizer_step
 from medzsad.methods.registry import method_class
+from medzsad.metrics import MetricAccumulator
 
 PRECISIONS = ("bf16", "fp16")
 
@@ -51,12 +55,17 @@ def build(name: str, model: str, image_size: int, device: torch.device):
     return cls(backbone, cls.config_class(image_size=image_size)).to(device).eval()
 
 
+def draws(method, images: torch.Tensor, training: bool = False) -> torch.Tensor | None:
+    """The engine's seeded draws for a batch (CoPS samples; ``None`` for the other methods)."""
+    noise = method_noise(method, training, 0, [(i,) for i in range(images.shape[0])])
+    return None if noise is None else noise.to(images.device)
+
+
 def predict(method, images: torch.Tensor, precision: str = "fp32"):
     method.backbone.set_precision(precision)
-    method.reset_generator(0)
     method._text_cache = None
     with torch.inference_mode():
-        output = method.predict(images)
+        output = method.predict(images, draws(method, images))
     method.backbone.set_precision("fp32")
     return output.image_scores.float().cpu(), output.anomaly_maps.float().cpu()
 
@@ -70,12 +79,12 @@ def first_sync(method, images: torch.Tensor, device: torch.device) -> str:
     if device.type != "cuda":
         return "n/a on CPU"
     predict(method, images)  # warm-up: caches (text, smoothing kernel) are filled once
-    method.reset_generator(0)
+    noise = draws(method, images)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         with torch.inference_mode():
-            method.predict(images)
+            method.predict(images, noise)
         return "none"
     except RuntimeError as exc:
         return str(exc).splitlines()[0][:120]
@@ -87,8 +96,6 @@ def first_sync(method, images: torch.Tensor, device: torch.device) -> str:
 def loop_rates(method, images: torch.Tensor, batch: int, device: torch.device) -> tuple[float, float]:
     """Images/s of an evaluation loop with host metric work: plain, and one batch ahead (the same
     loop on a CPU, where nothing can overlap)."""
-    from medzsad.data.records import Sample, collate_samples
-    from medzsad.metrics import MetricAccumulator
 
     size = images.shape[-1]
     samples = []
@@ -103,14 +110,14 @@ def loop_rates(method, images: torch.Tensor, batch: int, device: torch.device) -
         accumulator = MetricAccumulator()
         for b in batches:
             with torch.inference_mode():
-                out = method.predict(b.image.to(device, non_blocking=True))
+                out = method.predict(b.image.to(device, non_blocking=True), draws(method, b.image))
             scores, maps = out.image_scores.float().cpu().numpy(), out.anomaly_maps.float().cpu().numpy()
             _update_metrics(accumulator, b, scores, maps, pixel=True)
 
     def ahead():
         accumulator = MetricAccumulator()
-        for b, scores, maps in predictions_ahead(method.predict, batches, device):
-            _update_metrics(accumulator, b, scores, maps, pixel=True)
+        for b in predict_batches(method, indexed(batches), device):
+            _update_metrics(accumulator, b, b.pred_score.numpy(), b.anomaly_map.numpy(), pixel=True)
 
     rates = []
     for loop in (plain, ahead):
@@ -134,9 +141,8 @@ def training_step(method, images: torch.Tensor, precision: str, device: torch.de
     scaler = gradient_scaler(precision, device)
     method.train()
     method.backbone.set_precision(precision)
-    method.reset_generator(0)  # CoPS samples in training: the same draws for every precision
-    try:
-        loss = method.loss(images, masks, labels).total
+    try:  # CoPS samples in training: the same seeded draws for every precision
+        loss = method.loss(images, masks, labels, draws(method, images, training=True)).total
         optimizer_step(loss, optimizer, scaler)
     finally:
         method.backbone.set_precision("fp32")

@@ -7,11 +7,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import open_clip
 import torch
 from torch import nn
 
-from medzsad.backbone.loading import LoadedClip, load_clip
+from medzsad.backbone.loading import LoadedClip, clip_tokenizer, load_clip
 from medzsad.backbone.text import PromptableTextEncoder
 from medzsad.backbone.visual import DualPathVisionEncoder, VisualFeatures
 
@@ -62,7 +61,12 @@ class ClipBackbone(nn.Module):
         self.weights_sha256 = loaded.weights_sha256
         self.visual = DualPathVisionEncoder(self.clip.visual)
         self.text = PromptableTextEncoder(self.clip)
-        self.tokenizer = open_clip.get_tokenizer("ViT-L-14-336")
+        if getattr(self.clip, "text_pool_type", "argmax") != "argmax":
+            raise ValueError(
+                f"backbone {self.model_name!r}: its text tower pools with {self.clip.text_pool_type!r}; "
+                "medzsad reads the end-of-text token (argmax pooling, as CLIP)"
+            )
+        self.tokenizer = clip_tokenizer(self.model_name)
         self.eval()
 
     @classmethod
@@ -114,7 +118,7 @@ class ClipBackbone(nn.Module):
         return self.visual.num_layers
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        """Token ids ``[len(texts), 77]`` (int64) with the CLIP BPE tokenizer."""
+        """Token ids ``[len(texts), 77]`` (int64) with the model's CLIP BPE tokenizer (:func:`clip_tokenizer`)."""
         return self.tokenizer(texts)
 
     def encode_image(

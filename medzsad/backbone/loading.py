@@ -25,6 +25,7 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict
+from open_clip.tokenizer import SimpleTokenizer
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -248,3 +249,33 @@ def _cached_weight_file(model_name: str, pretrained: str) -> Path | None:
         if isinstance(hit, str) and Path(hit).is_file():
             return Path(hit)
     return None
+
+
+def clip_tokenizer(model_name: str) -> SimpleTokenizer:
+    """The tokenizer open_clip pairs with ``model_name`` (the CLIP BPE tokenizer for the tiny configs).
+
+    The text encoder reads each prompt's feature at its end-of-text token, found as the largest token
+    id (``argmax``), and ``medzsad.prompts`` relies on the same rule. That holds for the CLIP BPE
+    vocabulary, where EOT is the last id; a model with another tokenizer (SigLIP, multilingual models)
+    is refused here rather than silently reading the wrong position.
+
+    Raises:
+        ValueError: naming the model, when its tokenizer cannot be built or follows another EOT rule.
+    """
+    if model_name in TINY_MODEL_CONFIGS:
+        return SimpleTokenizer()
+    try:
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as exc:  # e.g. a Hugging Face tokenizer whose package is not installed
+        raise ValueError(
+            f"backbone {model_name!r}: its tokenizer cannot be built ({exc.__class__.__name__}: {exc}); "
+            "medzsad needs a CLIP BPE tokenizer"
+        ) from None
+    eot, vocab = getattr(tokenizer, "eot_token_id", None), getattr(tokenizer, "vocab_size", None)
+    if not isinstance(tokenizer, SimpleTokenizer) or eot is None or eot != vocab - 1:
+        raise ValueError(
+            f"backbone {model_name!r}: its tokenizer ({type(tokenizer).__name__}) does not end prompts with "
+            "the largest token id; medzsad finds the end-of-text token as the argmax of the ids (the CLIP BPE "
+            "rule) and cannot run this model"
+        )
+    return tokenizer

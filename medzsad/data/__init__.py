@@ -20,7 +20,6 @@ from medzsad.data.transforms import (
 )
 from medzsad.data.volumes import (
     Volume,
-    predict_volume,
     read_volume,
     reassemble,
     volume_samples,
@@ -50,7 +49,6 @@ __all__ = [
     "collate_samples",
     "map_to_original",
     "pair_masks_by_name",
-    "predict_volume",
     "pseudonymous_id",
     "read_frames",
     "read_image",

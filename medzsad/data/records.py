@@ -15,7 +15,15 @@ import torch
 
 from medzsad.data.ids import clean_meta
 
-__all__ = ["LABEL_ABNORMAL", "LABEL_NORMAL", "LABEL_UNKNOWN", "Batch", "Sample", "collate_samples"]
+__all__ = [
+    "LABEL_ABNORMAL",
+    "LABEL_NORMAL",
+    "LABEL_UNKNOWN",
+    "Batch",
+    "Sample",
+    "SampleResult",
+    "collate_samples",
+]
 
 LABEL_NORMAL = 0
 LABEL_ABNORMAL = 1
@@ -69,9 +77,30 @@ class Sample:
         return self.mask is not None
 
 
+@dataclass(frozen=True)
+class SampleResult:
+    """One image's outcome, as every table and writer reads it (pseudonymous ids only).
+
+    Attributes:
+        sample_id, category, volume_id, slice_index, original_size: as in :class:`Sample`.
+        label: 0, 1 or -1 (unknown).
+        score: the method's image score.
+        problem: for a sample that could not be read and was skipped, what went wrong (no path).
+    """
+
+    sample_id: str
+    category: str
+    score: float
+    label: int
+    volume_id: str | None = None
+    slice_index: int | None = None
+    original_size: tuple[int, int] = (0, 0)
+    problem: str = ""  # why the sample was skipped unread (no path); empty for a scored sample
+
+
 @dataclass
 class Batch:
-    """A stack of samples.
+    """A stack of samples, and the model's predictions once the engine has run it.
 
     Attributes:
         image: float32 ``[B, 3, S, S]``.
@@ -82,6 +111,8 @@ class Batch:
         original_size: per-sample ``(H, W)``.
         slice_index, volume_id: per-sample, ``None`` for plain 2-D images.
         meta: per-sample allow-listed metadata.
+        pred_score: float32 ``[B]`` image scores, set by the engine's inference loop (host memory).
+        anomaly_map: float32 ``[B, S, S]`` maps at model resolution, set with ``pred_score``.
     """
 
     image: torch.Tensor
@@ -95,6 +126,8 @@ class Batch:
     slice_index: list[int | None]
     volume_id: list[str | None]
     meta: list[dict[str, Any]]
+    pred_score: torch.Tensor | None = None
+    anomaly_map: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -113,7 +146,19 @@ class Batch:
             slice_index=self.slice_index,
             volume_id=self.volume_id,
             meta=self.meta,
+            pred_score=self.pred_score,
+            anomaly_map=self.anomaly_map,
         )
+
+    def results(self) -> list[SampleResult]:
+        """One :class:`SampleResult` per sample, from the predictions set by the engine."""
+        if self.pred_score is None:
+            raise ValueError("this batch has no predictions yet (pred_score is None)")
+        scores, labels = self.pred_score.tolist(), self.label.tolist()
+        fields = zip(
+            self.sample_id, self.category, scores, labels, self.volume_id, self.slice_index, self.original_size
+        )
+        return [SampleResult(*values) for values in fields]
 
     def pin_memory(self) -> Batch:
         """Pinned-memory copy; lets ``DataLoader(pin_memory=True)`` handle this custom batch type."""

@@ -20,20 +20,19 @@ Orientation convention (one for every reader; see docs/data.md):
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from medzsad.data.errors import DataError, NotAnImageError
 from medzsad.data.ids import clean_meta, pseudonymous_id
 from medzsad.data.limits import check_volume_size, itk_problem, refuse_non_finite
 from medzsad.data.readers import _dcmread, _first_line, detect_format, dicom_pixels, is_dicom_file
-from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Batch, Sample, collate_samples
-from medzsad.data.transforms import ClipImageTransform, ClipMaskTransform, map_to_original
+from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Sample
+from medzsad.data.transforms import ClipImageTransform, ClipMaskTransform
 from medzsad.utils.files import atomic_path
 
 __all__ = [
@@ -43,7 +42,6 @@ __all__ = [
     "axis_index",
     "check_same_grid",
     "list_dicom_series",
-    "predict_volume",
     "read_dicom_files",
     "read_volume",
     "reassemble",
@@ -57,8 +55,6 @@ __all__ = [
 AXES: dict[str, int] = {"axial": 0, "coronal": 1, "sagittal": 2}
 _CANONICAL_CODES = ("L", "P", "S")  # direction of increasing x, y, z
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-MapFn = Callable[[Batch], "torch.Tensor | np.ndarray"]
 
 
 def axis_index(axis: str | int) -> int:
@@ -614,51 +610,6 @@ def reassemble(
         target[ax] = index
         out[tuple(target)] = from_display(slice_map, ax)
     return out
-
-
-def predict_volume(
-    volume: Volume,
-    map_fn: MapFn,
-    *,
-    axis: str | int = "axial",
-    transform: ClipImageTransform | None = None,
-    batch_size: int = 8,
-    label: Volume | None = None,
-    category: str = "",
-) -> np.ndarray:
-    """Run ``map_fn`` slice by slice and return the map volume, float32 ``[z, y, x]`` on the scan's grid.
-
-    Args:
-        map_fn: ``Batch -> [B, S, S]`` (or ``[B, 1, S, S]``) anomaly maps at model resolution.
-        transform: the image transform (its ``pad_to_square`` is undone for the maps).
-        label: optional label volume; its masks ride along in the batches (for oracle checks).
-    """
-    transform = transform or ClipImageTransform()
-    ax = axis_index(axis)
-    maps: list[np.ndarray] = []
-    indices: list[int] = []
-    pending: list[Sample] = []
-
-    def flush() -> None:
-        batch = collate_samples(pending)
-        out = map_fn(batch)
-        out = out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
-        if out.ndim == 4 and out.shape[1] == 1:
-            out = out[:, 0]
-        if out.shape[0] != len(pending):
-            raise ValueError(f"map_fn returned {out.shape[0]} maps for a batch of {len(pending)}")
-        for sample, slice_map in zip(pending, out):
-            maps.append(map_to_original(slice_map, sample.original_size, pad_to_square=transform.pad_to_square))
-            indices.append(int(sample.slice_index or 0))
-        pending.clear()
-
-    for sample in volume_samples(volume, axis=ax, transform=transform, label=label, category=category):
-        pending.append(sample)
-        if len(pending) == batch_size:
-            flush()
-    if pending:
-        flush()
-    return reassemble(maps, volume, ax, indices)
 
 
 # --------------------------------------------------------------------------------------------- writing

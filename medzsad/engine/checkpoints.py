@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 import medzsad
 from medzsad.backbone.clip import ClipBackbone
+from medzsad.engine.config import ConfigError, from_mapping
 from medzsad.methods.base import ZsadMethod
 from medzsad.methods.registry import method_class
 from medzsad.utils.files import atomic_path, atomic_write_text
@@ -145,7 +146,8 @@ def load_checkpoint(
     info = read_checkpoint_info(path)
     check_compatible(info, expected_method or info.method, backbone, str(meta_path))
     cls = method_class(info.method)
-    config = build_method_config(cls, {**info.method_config, **dict(config_overrides or {})}, str(meta_path))
+    stored = {k: v for k, v in info.method_config.items() if k not in cls.config_class.retired_keys}
+    config = build_method_config(cls, {**stored, **dict(config_overrides or {})}, str(meta_path))
     method = cls(backbone, config)
     if not tensor_path.is_file():
         raise CheckpointError(f"{tensor_path}: checkpoint tensors not found")
@@ -165,8 +167,6 @@ def load_checkpoint(
 
 def build_method_config(cls: type[ZsadMethod], values: Mapping[str, Any], source: str):
     """The method's config dataclass from plain values; unknown keys or wrong types name the key."""
-    from medzsad.engine.config import ConfigError, from_mapping
-
     try:
         return from_mapping(cls.config_class, dict(values), "method_config")
     except ConfigError as exc:

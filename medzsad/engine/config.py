@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from medzsad.backbone.clip import BackboneConfig
+from medzsad.methods.registry import method_class
 
 
 class ConfigError(ValueError):
@@ -283,8 +284,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def validate_method_config(config: RunConfig) -> None:
-    from medzsad.methods.registry import method_class
-
     try:
         cls = method_class(config.method)
     except ValueError as exc:
@@ -306,7 +305,5 @@ def validate_method_config(config: RunConfig) -> None:
 
 def method_config_for(config: RunConfig):
     """The validated method config dataclass of ``config``."""
-    from medzsad.methods.registry import method_class
-
     cls = method_class(config.method)
     return from_mapping(cls.config_class, config.method_config, "method_config")

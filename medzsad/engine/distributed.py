@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from medzsad.engine.runtime import resolve_device
+
 TIMEOUT_ENV = "MEDZSAD_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 3600
 
@@ -110,8 +112,6 @@ def setup(device_name: str = "auto") -> torch.device:
     """
     env = launch_env()
     if not env.distributed:
-        from medzsad.engine.runtime import resolve_device
-
         return resolve_device(device_name)
     if _state.device is not None:
         return _state.device

@@ -15,9 +15,10 @@ single process computes.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,29 +29,19 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from medzsad.backbone.clip import CLIP_MEAN, CLIP_STD
-from medzsad.data.records import Batch
+from medzsad.data.records import Batch, SampleResult
 from medzsad.engine import distributed
 from medzsad.engine.config import EvalConfig
+from medzsad.engine.inference import predict_batches
 from medzsad.engine.runtime import loader_workers
 from medzsad.engine.skipping import Skipped, SkippingDataset, collate_or_skip, skipped_aside
-from medzsad.methods.base import MethodOutput, ZsadMethod
+from medzsad.methods.base import ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
 from medzsad.tracking.review import ReviewSample
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
 from medzsad.utils.tables import write_csv
 
-
-@dataclass
-class SampleResult:
-    """One image's outcome (pseudonymous id only)."""
-
-    sample_id: str
-    category: str
-    score: float
-    label: int
-    volume_id: str | None = None
-    slice_index: int | None = None
-    problem: str = ""  # why the sample was skipped (unreadable); empty for a scored sample
+__all__ = ["DatasetEvaluation", "SampleResult", "ShardResult", "evaluate", "evaluate_shard", "merge_shards"]
 
 
 @dataclass
@@ -172,9 +163,9 @@ def evaluate_shard(
     """Evaluate block ``shard`` of ``shards`` (:func:`~medzsad.engine.distributed.shard_range`) of the
     dataset; :func:`merge_shards` of all blocks equals :func:`evaluate` in one process.
 
-    A method that draws random samples at test time (CoPS) draws image by image from one stream
-    restarted at every dataset; the block's stream is advanced past the draws of the samples before it,
-    so every image gets the draws it gets in one process.
+    A method that draws random samples at test time (CoPS) gets each image's draws seeded by its index in
+    the dataset (:mod:`medzsad.engine.randomness`), so every image gets the draws it gets in one process
+    and a block does no work for the samples before it.
     """
     indices = distributed.shard_range(len(dataset), shard, shards)
     state = _evaluate_indices(method, dataset, indices, config, device, name, review_limit, review_side, maps_dir)
@@ -206,8 +197,6 @@ def _evaluate_indices(
 ) -> tuple[MetricAccumulator, list[SampleResult], list[ReviewSample]]:
     method.to(device).eval()
     method.backbone.set_precision(config.precision)
-    method.reset_generator(config.seed)
-    method.skip_test_draws(indices.start)
     dataset = SkippingDataset(dataset)
     if len(indices) != len(dataset):
         dataset = Subset(dataset, indices)
@@ -225,31 +214,19 @@ def _evaluate_indices(
         include_cflow200=config.aupro_compat,
         pixel_bins=config.pixel_bins,
     )
-    predict = torch.compile(method.predict) if config.compile else method.predict
     review: list[ReviewSample] = []
     samples: list[SampleResult] = []
-    show = None if distributed.is_main() else True
-    batches = skipped_aside(
-        tqdm(loader, desc=f"test {name}", leave=False, disable=show),
-        lambda skip: samples.append(_skipped_result(skip, name)),
-        stop=config.on_error == "stop",
-    )
-    for batch, scores, maps in predictions_ahead(predict, batches, device):
+    quiet = None if distributed.is_main() else True  # tqdm: None hides the bar only off a terminal
+    batches = tqdm(loader, desc=f"test {name}", leave=False, disable=quiet)
+    skip = lambda item: samples.append(_skipped_result(item, name))  # noqa: E731
+    keyed = skipped_aside(batches, skip, config.on_error == "stop", indices.start)
+    for batch in predict_batches(method, keyed, device, config.seed, config.compile):
+        scores, maps = batch.pred_score.numpy(), batch.anomaly_map.numpy()
         _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
         labelled = [i for i in range(len(batch)) if int(batch.label[i]) >= 0]
         if len(review) < review_limit and labelled:
             review.extend(_review_samples(batch, scores, maps, review_side)[: review_limit - len(review)])
-        for i in range(len(batch)):
-            samples.append(
-                SampleResult(
-                    batch.sample_id[i],
-                    batch.category[i],
-                    float(scores[i]),
-                    int(batch.label[i]),
-                    batch.volume_id[i],
-                    batch.slice_index[i],
-                )
-            )
+        samples.extend(batch.results())
         if maps_dir is not None:
             _write_maps(maps_dir, batch.sample_id, maps)
     return accumulator, samples, review
@@ -259,60 +236,6 @@ def _skipped_result(skip: Skipped, dataset_name: str) -> SampleResult:
     """Report a skipped sample on one line (the console may name the file) and keep it for the outputs."""
     tqdm.write(f"medzsad: skipped a sample of {dataset_name}: {skip.where}: {skip.problem}", file=sys.stderr)
     return SampleResult(skip.sample_id, skip.category, float("nan"), -1, problem=skip.problem)
-
-
-@dataclass
-class _Launched:
-    """A batch whose outputs are being computed and copied to host memory."""
-
-    batch: Batch
-    scores: torch.Tensor
-    maps: torch.Tensor
-    copied: torch.cuda.Event | None  # recorded after the copies; None on CPU (already done)
-
-
-def _launch(predict: Callable[[torch.Tensor], MethodOutput], batch: Batch, device: torch.device) -> _Launched:
-    with torch.inference_mode():
-        output = predict(batch.image.to(device, non_blocking=True))
-        scores, maps = output.image_scores.float(), output.anomaly_maps.float()
-        if device.type != "cuda":
-            return _Launched(batch, scores.cpu(), maps.cpu(), None)
-        # Queue the copies right behind this batch's kernels, into pinned memory, so waiting for them
-        # later does not also wait for the batch launched after this one.
-        host_scores = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
-        host_maps = torch.empty(maps.shape, dtype=maps.dtype, pin_memory=True)
-        host_scores.copy_(scores, non_blocking=True)
-        host_maps.copy_(maps, non_blocking=True)
-        copied = torch.cuda.Event()
-        copied.record()
-    return _Launched(batch, host_scores, host_maps, copied)
-
-
-def _landed(launched: _Launched) -> tuple[Batch, np.ndarray, np.ndarray]:
-    if launched.copied is not None:
-        launched.copied.synchronize()
-    return launched.batch, launched.scores.numpy(), launched.maps.numpy()
-
-
-def predictions_ahead(
-    predict: Callable[[torch.Tensor], MethodOutput], batches: Iterable[Batch], device: torch.device
-) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:
-    """``(batch, scores [B], maps [B, S, S])`` for each batch, in order, one batch ahead on a GPU.
-
-    Batch ``i + 1`` is launched before batch ``i``'s outputs are handed over, so the GPU computes while
-    the caller accumulates metrics and writes files (1 to 2 ms per 518² image on one core,
-    ``scripts/bench_pipeline.py``: a third to a half of the time per image at 300 images/s). The outputs are the
-    same as a plain loop's: the same calls in the same order (CoPS's random draws included). On a CPU
-    it is the plain loop.
-    """
-    pending: _Launched | None = None
-    for batch in batches:
-        launched = _launch(predict, batch, device)
-        if pending is not None:
-            yield _landed(pending)
-        pending = launched
-    if pending is not None:
-        yield _landed(pending)
 
 
 def _update_metrics(
@@ -343,8 +266,6 @@ def _update_metrics(
 
 
 def _write_maps(folder: Path, sample_ids: Iterable[str], maps: np.ndarray) -> None:
-    import io
-
     folder.mkdir(parents=True, exist_ok=True)
     for sample_id, anomaly_map in zip(sample_ids, maps):
         buffer = io.BytesIO()
@@ -368,11 +289,9 @@ def write_tables(output_dir: Path, evaluations: Mapping[str, DatasetEvaluation])
     """``metrics.csv`` (one row per dataset and category, plus means) and ``metrics.json``."""
     rows = [row for name, ev in evaluations.items() for row in report_rows(name, ev.report)]
     columns = ["dataset", "category", *sorted({k for row in rows for k in row} - {"dataset", "category"})]
-    lines = [",".join(columns)]
-    for row in rows:
-        lines.append(",".join(_csv_cell(row.get(column, "")) for column in columns))
+    cells = ([row.get(column, "") for column in columns] for row in rows)
     csv_path, json_path = output_dir / "metrics.csv", output_dir / "metrics.json"
-    atomic_write_text(csv_path, "\n".join(lines) + "\n")
+    write_csv(csv_path, columns, cells, float_format=".6f")
     payload = {name: ev.report.to_dict() for name, ev in evaluations.items()}
     atomic_write_text(json_path, json.dumps(payload, indent=2, sort_keys=True, default=float))
     return csv_path, json_path
@@ -381,20 +300,10 @@ def write_tables(output_dir: Path, evaluations: Mapping[str, DatasetEvaluation])
 def write_scores(path: Path, evaluation: DatasetEvaluation) -> None:
     """One CSV row per image: pseudonymous id, category, label, score; the skipped samples (if any) in
     ``skipped_<dataset>.csv`` beside it (pseudonymous id, category, problem)."""
-    skipped = path.with_name(path.name.replace("scores", "skipped", 1))
     if evaluation.skipped:
         rows = [(s.sample_id, s.category, s.problem) for s in evaluation.skipped]
-        write_csv(skipped, ("sample_id", "category", "problem"), rows)
-    lines = ["sample_id,category,label,score,volume_id,slice_index"]
-    for s in (s for s in evaluation.samples if not s.problem):
-        volume = s.volume_id or ""
-        index = "" if s.slice_index is None else str(s.slice_index)
-        lines.append(f"{s.sample_id},{_csv_cell(s.category)},{s.label},{s.score:.8g},{volume},{index}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _csv_cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6f}"
-    text = str(value)
-    return f'"{text}"' if "," in text else text
+        write_csv(path.with_name(path.name.replace("scores", "skipped", 1)), ("sample_id", "category", "problem"), rows)
+    header = ["sample_id", "category", "label", "score", "volume_id", "slice_index"]
+    scored = (s for s in evaluation.samples if not s.problem)
+    rows = ([s.sample_id, s.category, s.label, s.score, s.volume_id, s.slice_index] for s in scored)
+    write_csv(path, header, rows)

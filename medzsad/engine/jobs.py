@@ -18,9 +18,10 @@ import torch
 from torch.utils.data import Dataset
 
 import medzsad
+from medzsad.data.datasets import FolderDataset, ManifestDataset
 from medzsad.data.transforms import ClipImageTransform, Intensity
 from medzsad.engine import distributed
-from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths
+from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths, read_checkpoint_info
 from medzsad.engine.config import ConfigError, RunConfig
 from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
 from medzsad.engine.predict import PredictSummary, predict_paths
@@ -28,7 +29,9 @@ from medzsad.engine.preflight import check_device, check_names, check_output_dir
 from medzsad.engine.runtime import build_backbone, build_method
 from medzsad.engine.train import TrainResult, saved_run_id, train
 from medzsad.methods.base import ZsadMethod
-from medzsad.tracking import Purpose, TrackingConfig, tracked_run
+from medzsad.metrics import MVTEC_EXACT, aupro_name, binned_variant
+from medzsad.tracking import Curve, Purpose, TrackingConfig, tracked_run
+from medzsad.utils.files import atomic_write_text
 
 
 def make_transform(config: RunConfig, image_size: int) -> ClipImageTransform:
@@ -86,8 +89,6 @@ def open_dataset(spec: str | Path, config: RunConfig, image_size: int, root: str
     A folder without a manifest gives unlabelled samples (prediction, or metrics that need no labels);
     build a manifest with ``medzsad prepare`` to evaluate with labels and masks.
     """
-    from medzsad.data.datasets import FolderDataset, ManifestDataset
-
     location = parse_dataset_spec(str(spec)).path
     if not location.exists():
         raise ConfigError(f"{location}: dataset not found")
@@ -110,10 +111,11 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     method = build_method(config)
     _require_trained(method, config)
     transform = make_transform(config, method.image_size)
+    batch_size, precision, seed = config.eval.batch_size, config.eval.precision, config.eval.seed
+    stop = config.eval.on_error == "stop"
     return predict_paths(
-        method, inputs, output_dir, device, transform, config.eval.batch_size, config.eval.precision,
-        stop_on_error=config.eval.on_error == "stop",
-    )  # fmt: skip
+        method, inputs, output_dir, device, transform, batch_size, precision, seed=seed, stop_on_error=stop
+    )
 
 
 def _claim(output_dir: Path, key: str, config: RunConfig) -> None:
@@ -241,8 +243,6 @@ def _aux_data(config: RunConfig) -> str | None:
     if not config.checkpoint:
         return None
     try:
-        from medzsad.engine.checkpoints import read_checkpoint_info
-
         return str(read_checkpoint_info(config.checkpoint).training.get("aux_data", "")) or None
     except CheckpointError:
         return None
@@ -276,8 +276,6 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
 
 def _aupro_name(config: RunConfig) -> str:
     """Result key of the AU-PRO this evaluation reports (exact, or over quantized maps)."""
-    from medzsad.metrics import MVTEC_EXACT, aupro_name, binned_variant
-
     bins = config.eval.pixel_bins
     return aupro_name(0.3, MVTEC_EXACT if bins is None else binned_variant(bins))
 
@@ -292,8 +290,6 @@ def _log_curves(
     run: Any, curves: Mapping[str, Mapping[str, tuple]], per_category: Mapping[str, Any], aupro_key: str
 ) -> None:
     """One figure per curve kind (ROC, PR at image level; PRO at pixel level), a line per category."""
-    from medzsad.tracking import Curve
-
     kinds = {"image_roc": ("roc", "image", "image_auroc", None), "image_pr": ("pr", "image", "image_ap", None)}
     kinds["pixel_pro"] = ("pro", "pixel", aupro_key, 0.3)
     for key, (kind, level, area_name, limit) in kinds.items():
@@ -357,8 +353,6 @@ def run_table(base: RunConfig, columns: Mapping[str, RunConfig]) -> str:
     Each column config brings its method and checkpoint; data and evaluation settings come from
     ``base``. Returns the table text (also written as ``table.md`` in ``base.eval.output_dir``).
     """
-    from medzsad.utils.files import atomic_write_text
-
     results: dict[str, dict[str, DatasetEvaluation]] = {}
     for label, column in columns.items():
         merged = dataclasses.replace(

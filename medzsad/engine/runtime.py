@@ -8,11 +8,7 @@ from pathlib import Path
 import torch
 
 from medzsad.backbone.clip import ClipBackbone, default_device
-from medzsad.engine.checkpoints import (
-    checkpoint_paths,
-    load_checkpoint,
-    load_official_checkpoint,
-)
+from medzsad.engine.checkpoints import load_checkpoint, load_official_checkpoint
 from medzsad.engine.config import RunConfig, method_config_for
 from medzsad.methods.base import ZsadMethod
 from medzsad.methods.registry import method_class
@@ -58,8 +54,3 @@ def build_method(config: RunConfig, backbone: ClipBackbone | None = None) -> Zsa
             return load_official_checkpoint(config.checkpoint, config.method, backbone, config.method_config)
         return load_checkpoint(config.checkpoint, backbone, config.method, config.method_config)
     return method_class(config.method)(backbone, method_config_for(config))
-
-
-def checkpoint_exists(path: str | Path) -> bool:
-    tensors, meta = checkpoint_paths(path)
-    return tensors.is_file() and meta.is_file()

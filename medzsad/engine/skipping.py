@@ -108,6 +108,7 @@ class Collated:
 
     batch: Batch | None
     skipped: list[Skipped]
+    size: int  # samples asked for: len(batch) + len(skipped)
 
     def pin_memory(self) -> Collated:
         if self.batch is not None:
@@ -119,23 +120,30 @@ def collate_or_skip(items: Sequence[Sample | Skipped]) -> Collated:
     """:func:`~medzsad.data.records.collate_samples` of the samples; :class:`Skipped` markers set aside."""
     samples = [item for item in items if not isinstance(item, Skipped)]
     skipped = [item for item in items if isinstance(item, Skipped)]
-    return Collated(collate_samples(samples) if samples else None, skipped)
+    return Collated(collate_samples(samples) if samples else None, skipped, len(items))
 
 
 def skipped_aside(
-    collated: Iterable[Collated], on_skip: Callable[[Skipped], None], stop: bool = False
-) -> Iterator[Batch]:
-    """The batches of ``collated``; each skipped sample goes to ``on_skip`` (or, with ``stop``, is raised)."""
+    collated: Iterable[Collated], on_skip: Callable[[Skipped], None], stop: bool = False, start: int = 0
+) -> Iterator[tuple[Batch, list[tuple[int]]]]:
+    """``(batch, keys)`` of the readable samples of consecutive dataset samples from index ``start`` on,
+    as :func:`~medzsad.engine.inference.indexed` gives them: each key is the sample's own dataset index,
+    so a skipped sample does not change the random draws of the samples after it. Each skipped sample
+    goes to ``on_skip`` (or, with ``stop``, is raised)."""
+    position = start
     for item in collated:
         for skipped in item.skipped:
             if stop:
                 raise skipped.error()
             on_skip(skipped)
+        gone = {skipped.index for skipped in item.skipped}
+        keys = [(index,) for index in range(position, position + item.size) if index not in gone]
+        position += item.size
         if item.batch is not None:
-            yield item.batch
+            yield item.batch, keys
 
 
-def live_tables(output_dir: Path, headers: Sequence[str]) -> list[AppendingCsv]:
+def live_tables(output_dir: Path, headers: Sequence[Sequence[str]]) -> list[AppendingCsv]:
     """``scores.csv`` and ``sample_index.local.csv`` written row by row as samples complete, so a run that
     is interrupted keeps the score of every map it wrote. Under torchrun each process writes its own
     ``.scores.partial<rank>.csv`` (and index), which rank 0 merges into the final tables at the end.
@@ -148,7 +156,5 @@ def live_tables(output_dir: Path, headers: Sequence[str]) -> list[AppendingCsv]:
     tables = []
     for name, header in zip(names, headers):
         (output_dir / name).unlink(missing_ok=True)  # a fresh table: rows of another run never mix in
-        table = AppendingCsv(output_dir / name, ())
-        table.append_line(header)
-        tables.append(table)
+        tables.append(AppendingCsv(output_dir / name, header))
     return tables

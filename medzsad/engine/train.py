@@ -32,6 +32,7 @@ from medzsad.data.records import Batch, collate_samples
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import save_checkpoint
 from medzsad.engine.config import TrainConfig
+from medzsad.engine.randomness import method_noise
 from medzsad.engine.runtime import loader_workers
 from medzsad.methods.base import BatchTerm, ZsadMethod
 from medzsad.utils.files import atomic_path
@@ -183,9 +184,7 @@ class PromptLoss(nn.Module):
     def forward(
         self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        method = self._method[0]
-        extra = {} if noise is None else {"noise": noise}
-        losses = method.loss(images, masks, labels, **extra)
+        losses = self._method[0].loss(images, masks, labels, noise)
         return losses.total, losses.terms
 
 
@@ -211,13 +210,11 @@ def wrap_ddp(method: ZsadMethod, device: torch.device) -> nn.Module:
     return DistributedDataParallel(PromptLoss(method), **options)
 
 
-def _share_noise(method: ZsadMethod, share: StepShare) -> torch.Tensor | None:
-    """The rows of this process's images in the noise one process would draw for the whole global batch
-    (every process draws the whole batch's, so the method's generator advances identically)."""
-    noise = method.draw_training_noise(share.global_size)
-    if noise is None:
-        return None
-    return noise[share.offset : share.offset + share.size] if share.size else noise[:1]
+def share_noise(method: ZsadMethod, share: StepShare, seed: int, epoch: int) -> torch.Tensor | None:
+    """The random draws of this process's images (``None`` for a method that draws nothing), seeded per
+    ``(epoch, dataset index)`` (:mod:`medzsad.engine.randomness`): every image gets the draws it gets in
+    one process, whatever process or batch it lands in. A placeholder share draws for its stand-in."""
+    return method_noise(method, True, seed, [(epoch, index) for index in share.indices])
 
 
 def batch_counts(
@@ -281,10 +278,10 @@ def _distributed_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     device: torch.device,
+    noise: torch.Tensor | None,
 ) -> dict[str, float]:
     """Forward, backward and step of one process; returns the loss terms of the whole global batch."""
     processes = distributed.world_size()
-    noise = _share_noise(method, share)
     total, terms = model(batch.image, batch.mask, batch.label, noise)
     counts = batch_counts(method, batch, share, special)
     global_counts = dict(counts)
@@ -428,7 +425,6 @@ def _run_epoch(
     model: nn.Module | None = None,
 ) -> dict[str, float]:
     torch.manual_seed(epoch_seed(config.seed, epoch))
-    method.reset_generator(epoch_seed(config.seed, epoch))
     order = epoch_order(len(dataset), config.seed, epoch)
     batches = -(-len(order) // config.batch_size)
     steps = batches if config.max_steps_per_epoch is None else min(batches, config.max_steps_per_epoch)
@@ -443,17 +439,18 @@ def _run_epoch(
     special = batch_level_terms(method)
     totals: dict[str, float] = {}
     method.train()
-    show = None if distributed.is_main() else True
-    progress = tqdm(loader, total=steps, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=show)
+    quiet = None if distributed.is_main() else True  # tqdm: None hides the bar only off a terminal
+    progress = tqdm(loader, total=steps, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=quiet)
     for share, batch in zip(shares, progress):
         _check_labels(batch)
         batch = batch.to(device, non_blocking=True)
+        noise = share_noise(method, share, config.seed, epoch)
         if model is None:
-            losses = method.loss(batch.image, batch.mask, batch.label)
+            losses = method.loss(batch.image, batch.mask, batch.label, noise)
             optimizer_step(losses.total, optimizer, scaler)
             terms = {"total": float(losses.total.detach()), **{k: float(v.detach()) for k, v in losses.terms.items()}}
         else:
-            terms = _distributed_step(model, method, batch, share, special, optimizer, scaler, device)
+            terms = _distributed_step(model, method, batch, share, special, optimizer, scaler, device, noise)
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + value
         progress.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("total", "image_ce")})

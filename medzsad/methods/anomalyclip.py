@@ -8,7 +8,6 @@ smoothed with a Gaussian (σ = 4); the image score is the softmax of the global 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
-from medzsad.methods.base import LossOutput, MethodConfig, MethodOutput, ZsadMethod, load_prompt_state
+from medzsad.backbone.visual import VisualFeatures
+from medzsad.methods.base import ForwardState, LossOutput, MethodConfig, MethodOutput, ZsadMethod
 from medzsad.methods.losses import segmentation_loss
 from medzsad.methods.postprocess import gaussian_blur, patch_grid_maps, upsample
 from medzsad.prompts import PromptSlots, init_context, init_deep_prompts, placeholder_prompt
@@ -70,6 +70,27 @@ class AnomalyCLIPPrompt(nn.Module):
         return self.slots.assemble(context)
 
 
+@dataclass
+class AnomalyCLIPState(ForwardState):
+    """One forward pass of AnomalyCLIP.
+
+    Attributes:
+        features: the backbone pass (global feature, V-V patch tokens of ``feature_layers``).
+        text_features: ``[2, D]`` L2-normalised (normal, abnormal).
+        image_features: ``[B, D]`` L2-normalised global features.
+        image_logits: ``[B, 2]``.
+        patch_probs: per feature layer, ``[B, N, 2]`` patch probabilities (CLS removed).
+        full_probs: per feature layer, ``[B, 2, S, S]`` upsampled bilinearly.
+    """
+
+    features: VisualFeatures
+    text_features: torch.Tensor
+    image_features: torch.Tensor
+    image_logits: torch.Tensor
+    patch_probs: list[torch.Tensor]
+    full_probs: list[torch.Tensor]
+
+
 class AnomalyCLIP(ZsadMethod):
     """AnomalyCLIP on the shared backbone.
 
@@ -80,30 +101,17 @@ class AnomalyCLIP(ZsadMethod):
 
     name = "anomalyclip"
     config_class = AnomalyCLIPConfig
-    official_dead_prefixes = (
-        "compound_prompt_projections.",
-        "token_prefix",
-        "token_suffix",
-        "tokenized_prompts",
-    )
-
-    def __init__(self, backbone: ClipBackbone, config: AnomalyCLIPConfig | None = None) -> None:
-        config = config or AnomalyCLIPConfig()
-        super().__init__(backbone, config)
-        self.config: AnomalyCLIPConfig = config
-        self.prompt = AnomalyCLIPPrompt(backbone, config)
+    official_name = "AnomalyCLIP"
+    official_dead_prefixes = ("compound_prompt_projections.",)
+    config: AnomalyCLIPConfig
+    prompt: AnomalyCLIPPrompt
+    prompt_class = AnomalyCLIPPrompt
 
     # -- text side ---------------------------------------------------------------------------------
     def encode_prompts(self) -> torch.Tensor:
         """Un-normalised text embeddings ``[2, D]`` (normal, abnormal)."""
-        prompt = self.prompt
-        return self.backbone.text(
-            prompt.token_embeddings(),
-            prompt.slots.token_ids,
-            list(prompt.compound_prompts_text),
-            self.config.fp16_deep_prompts,
-            length=prompt.slots.length,
-        )
+        slots = self.prompt.slots
+        return self.encode_prompt_tokens(self.prompt.token_embeddings(), slots.token_ids, slots.length)
 
     def text_features(self) -> torch.Tensor:
         """L2-normalised ``[2, D]``; cached while the prompts are unchanged (the text does not depend
@@ -111,7 +119,8 @@ class AnomalyCLIP(ZsadMethod):
         return self.cached_text(lambda: F.normalize(self.encode_prompts(), dim=-1))
 
     # -- image side --------------------------------------------------------------------------------
-    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    def forward_state(self, images: torch.Tensor) -> AnomalyCLIPState:
+        """Everything maps, scores and the loss are made of, for ``images [B, 3, S, S]``."""
         config = self.config
         features = self.backbone.encode_image(images, tuple(config.feature_layers), config.dpam_start_layer)
         text = self.text_features()
@@ -124,40 +133,30 @@ class AnomalyCLIP(ZsadMethod):
         full_probs = [
             upsample(patch_grid_maps(p, features.grid_size), images.shape[-2:], "bilinear") for p in patch_probs
         ]
-        return {
-            "text_features": text,
-            "image_features": image_features,
-            "image_logits": image_logits,
-            "patch_probs": patch_probs,
-            "full_probs": full_probs,
-        }
+        return AnomalyCLIPState(features, text, image_features, image_logits, patch_probs, full_probs)
 
-    def predict(self, images: torch.Tensor) -> MethodOutput:
+    def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MethodOutput:
         """Scores and maps for ``images [B, 3, S, S]`` (CLIP-normalised)."""
-        out = self._forward(images)
-        scores = out["image_logits"].softmax(dim=-1)[:, 1]
+        self.check_noise(noise, images.shape[0], False, images)
+        state = self.forward_state(images)
+        scores = state.image_logits.softmax(dim=-1)[:, 1]
         # (p_abn + 1 - p_norm) / 2 is the reference formula; it equals p_abn up to one ulp.
-        raw = sum((p[:, 1] + 1 - p[:, 0]) / 2 for p in out["full_probs"])
+        raw = sum((p[:, 1] + 1 - p[:, 0]) / 2 for p in state.full_probs)
         maps = gaussian_blur(raw, self.config.sigma)
-        extras = {
-            "text_features": out["text_features"],
-            "image_features": out["image_features"],
-            "patch_probs": out["patch_probs"][-1],
-        }
-        return MethodOutput(image_scores=scores, anomaly_maps=maps, raw_maps=raw, extras=extras)
+        return MethodOutput(image_scores=scores, anomaly_maps=maps, raw_maps=raw, state=state)
 
-    def loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+    def loss(
+        self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> LossOutput:
         """Training loss: image CE + λ·Σ_layers (focal + dice_abn + dice_norm) (methods-spec §2.4)."""
-        out = self._forward(images)
-        terms: dict[str, torch.Tensor] = {"image_ce": F.cross_entropy(out["image_logits"], labels.long())}
+        self.check_noise(noise, images.shape[0], True, images)
+        state = self.forward_state(images)
+        terms: dict[str, torch.Tensor] = {"image_ce": F.cross_entropy(state.image_logits, labels.long())}
         local = torch.zeros((), device=images.device)
-        for probs in out["full_probs"]:
+        for probs in state.full_probs:
             for name, value in segmentation_loss(probs, masks).items():
                 terms[name] = terms.get(name, 0) + value
                 local = local + value
         terms["local_weighted"] = self.config.local_loss_weight * local
         total = terms["image_ce"] + terms["local_weighted"]
         return LossOutput(total=total, terms=terms)
-
-    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        load_prompt_state(self.prompt, state_dict, self.official_dead_prefixes, "AnomalyCLIP checkpoint")

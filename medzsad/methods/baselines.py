@@ -31,7 +31,7 @@ checks this against the masked full-sequence computation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -39,9 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medzsad.backbone.clip import ClipBackbone
 from medzsad.backbone.visual import DualPathVisionEncoder
-from medzsad.methods.base import LossOutput, MethodConfig, MethodOutput, ZsadMethod
+from medzsad.methods.base import ForwardState, MethodConfig, MethodOutput, ZsadMethod
 from medzsad.methods.postprocess import gaussian_blur, patch_grid_maps, upsample
 
 # -- prompt lists (ours; see the module docstring) ---------------------------------------------------
@@ -115,6 +114,11 @@ class PromptEnsembleConfig(MethodConfig):
     abnormal_states: list[str] = field(default_factory=lambda: list(CLIP_ABNORMAL_STATES))
     templates: list[str] = field(default_factory=lambda: list(CLIP_TEMPLATES))
 
+    def validate(self) -> None:
+        super().validate()
+        for kind in ("normal_states", "abnormal_states", "templates"):
+            _check_placeholders(kind, getattr(self, kind))
+
 
 @dataclass
 class ClipPromptConfig(PromptEnsembleConfig):
@@ -161,6 +165,13 @@ class WinClipConfig(PromptEnsembleConfig):
     window_stride: int = 1
     include_image_score: bool = True
     window_batch_size: int = 4096
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.window_sizes:
+            raise ValueError("window_sizes must not be empty")
+        if self.window_batch_size < 1:
+            raise ValueError(f"window_batch_size must be >= 1, got {self.window_batch_size}")
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -240,18 +251,44 @@ def harmonic_mean(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 # -- methods -----------------------------------------------------------------------------------------
+@dataclass
+class ClipPromptState(ForwardState):
+    """Intermediates of the CLIP baseline: ``text_features [2, D]``, normalised ``image_features [B, D]``,
+    ``patch_probs [B, N]`` (abnormal probability per patch, averaged over the feature layers)."""
+
+    text_features: torch.Tensor
+    image_features: torch.Tensor
+    patch_probs: torch.Tensor
+
+
+@dataclass
+class WinClipState(ForwardState):
+    """Intermediates of the WinCLIP baseline.
+
+    Attributes:
+        text_features: ``[2, D]``.
+        image_features: ``[B, D]`` normalised.
+        window_scores: per window size, ``[B, n_windows]`` abnormal probabilities.
+        patch_maps: per window size, ``[B, h, w]`` harmonic spread of the window scores.
+        patch_map: ``[B, h, w]`` harmonic mean over the scales (and the image score).
+    """
+
+    text_features: torch.Tensor
+    image_features: torch.Tensor
+    window_scores: dict[int, torch.Tensor]
+    patch_maps: dict[int, torch.Tensor]
+    patch_map: torch.Tensor
+
+
 class _TrainingFreeBaseline(ZsadMethod):
     """Common part: fixed prompt ensemble, cached text features, no loss, empty prompt module."""
 
     training_free: ClassVar[bool] = True
+    config: PromptEnsembleConfig
 
-    def __init__(self, backbone: ClipBackbone, config: PromptEnsembleConfig) -> None:
-        super().__init__(backbone, config)
-        self.config: PromptEnsembleConfig = config
-        for kind in ("normal_states", "abnormal_states", "templates"):
-            _check_placeholders(kind, getattr(config, kind))
-        _check_cls_pooling(backbone.visual)
-        self.prompt = nn.Module()  # nothing to learn: checkpoints are empty
+    def build_prompt(self) -> nn.Module:
+        _check_cls_pooling(self.backbone.visual)
+        return nn.Module()  # nothing to learn: checkpoints are empty
 
     # -- text side ---------------------------------------------------------------------------------
     def prompt_texts(self) -> tuple[list[str], list[str]]:
@@ -278,19 +315,15 @@ class _TrainingFreeBaseline(ZsadMethod):
 
         return self.cached_text(encode, tuple(normal), tuple(abnormal))
 
+    def _start(self, images: torch.Tensor, noise: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The text features ``[2, D]`` and the patch grid of ``images``; no draws are accepted."""
+        self.check_noise(noise, images.shape[0], False, images)
+        return self.text_features(), self.backbone.visual.grid_for((images.shape[-2], images.shape[-1]))
+
     def _probabilities(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Abnormal probability of a 2-way softmax over ``cos / temperature``, float32, shape ``[...]``."""
         logits = F.normalize(features.float(), dim=-1) @ text.t() / self.config.temperature
         return logits.softmax(dim=-1)[..., 1]
-
-    # -- no training -------------------------------------------------------------------------------
-    def loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-        raise NotImplementedError(
-            f"baseline {self.name!r} is training-free: it has no loss and no parameters; evaluate it directly"
-        )
-
-    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        raise NotImplementedError(f"baseline {self.name!r} is training-free: there is no checkpoint to load")
 
 
 class ClipPromptBaseline(_TrainingFreeBaseline):
@@ -304,23 +337,21 @@ class ClipPromptBaseline(_TrainingFreeBaseline):
     name = "clip"
     config_class = ClipPromptConfig
 
-    def __init__(self, backbone: ClipBackbone, config: ClipPromptConfig | None = None) -> None:
-        config = config or ClipPromptConfig()
-        super().__init__(backbone, config)
-        self.config: ClipPromptConfig = config
-        encoder = backbone.visual
-        self._layers = _resolve_layers(config.feature_layers, encoder.num_layers)
-        start = config.dpam_start_layer
+    config: ClipPromptConfig
+
+    def build_prompt(self) -> nn.Module:
+        encoder = self.backbone.visual
+        self._layers = _resolve_layers(self.config.feature_layers, encoder.num_layers)
+        start = self.config.dpam_start_layer
         if start is not None and not 1 <= start <= encoder.num_layers:
             raise ValueError(f"dpam_start_layer must be in 1..{encoder.num_layers} or None, got {start}")
+        return super().build_prompt()
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> MethodOutput:
+    def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MethodOutput:
         """Scores and maps for ``images [B, 3, S, S]`` (CLIP-normalised)."""
-        config = self.config
-        encoder = self.backbone.visual
-        text = self.text_features()
-        grid = encoder.grid_for((images.shape[-2], images.shape[-1]))
+        config, encoder = self.config, self.backbone.visual
+        text, grid = self._start(images, noise)
         final, collected = encoder.run_blocks(encoder.embed(images), config.dpam_start_layer, self._layers)
         image_features = pool_cls(encoder, final)
         scores = self._probabilities(image_features, text)
@@ -331,12 +362,8 @@ class ClipPromptBaseline(_TrainingFreeBaseline):
         patch_mean = torch.stack(patch_probs).mean(dim=0)
         raw = upsample(patch_grid_maps(patch_mean.unsqueeze(-1), grid), images.shape[-2:], "bilinear")[:, 0]
         maps = gaussian_blur(raw, config.sigma)
-        extras = {
-            "text_features": text,
-            "image_features": F.normalize(image_features.float(), dim=-1),
-            "patch_probs": patch_mean,
-        }
-        return MethodOutput(image_scores=scores, anomaly_maps=maps, raw_maps=raw, extras=extras)
+        state = ClipPromptState(text, F.normalize(image_features.float(), dim=-1), patch_mean)
+        return MethodOutput(image_scores=scores, anomaly_maps=maps, raw_maps=raw, state=state)
 
 
 class WinClipBaseline(_TrainingFreeBaseline):
@@ -350,15 +377,11 @@ class WinClipBaseline(_TrainingFreeBaseline):
     name = "winclip"
     config_class = WinClipConfig
 
-    def __init__(self, backbone: ClipBackbone, config: WinClipConfig | None = None) -> None:
-        config = config or WinClipConfig()
-        super().__init__(backbone, config)
-        self.config: WinClipConfig = config
-        if not config.window_sizes:
-            raise ValueError("window_sizes must not be empty")
-        if config.window_batch_size < 1:
-            raise ValueError(f"window_batch_size must be >= 1, got {config.window_batch_size}")
+    config: WinClipConfig
+
+    def build_prompt(self) -> nn.Module:
         self._windows: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        return super().build_prompt()
 
     def windows(self, grid: tuple[int, int], size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached ``(indices [W, size²], membership [W, P])`` for a grid, window size and device."""
@@ -387,29 +410,26 @@ class WinClipBaseline(_TrainingFreeBaseline):
         return torch.cat(pooled).reshape(batch, count, -1)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> MethodOutput:
+    def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MethodOutput:
         """Scores and maps for ``images [B, 3, S, S]`` (CLIP-normalised)."""
-        config = self.config
-        encoder = self.backbone.visual
-        text = self.text_features()
-        grid = encoder.grid_for((images.shape[-2], images.shape[-1]))
+        config, encoder = self.config, self.backbone.visual
+        text, grid = self._start(images, noise)
         tokens = encoder.embed(images)
         image_features = pool_cls(encoder, encoder.run_blocks(tokens)[0])
         scores = self._probabilities(image_features, text)
         scale_maps = []
-        extras: dict[str, torch.Tensor] = {"text_features": text}
+        window_scores_by_size, patch_maps = {}, {}
         for size in config.window_sizes:
             indices, membership = self.windows(grid, size, images.device)
             window_scores = self._probabilities(self.encode_windows(tokens, indices), text)
             patch_scores = harmonic_spread(window_scores, membership).reshape(-1, *grid)
             scale_maps.append(patch_scores)
-            extras[f"window_scores_{size}"] = window_scores
-            extras[f"patch_map_{size}"] = patch_scores
+            window_scores_by_size[size], patch_maps[size] = window_scores, patch_scores
         if config.include_image_score:
             scale_maps.insert(0, scores[:, None, None].expand(-1, *grid))
         patch_map = harmonic_mean(torch.stack(scale_maps), dim=0)
         raw = upsample(patch_map.unsqueeze(1), images.shape[-2:], "bilinear")[:, 0]
         maps = gaussian_blur(raw, config.sigma)
-        extras["image_features"] = F.normalize(image_features.float(), dim=-1)
-        extras["patch_map"] = patch_map
-        return MethodOutput(image_scores=scores, anomaly_maps=maps, raw_maps=raw, extras=extras)
+        features = F.normalize(image_features.float(), dim=-1)
+        state = WinClipState(text, features, window_scores_by_size, patch_maps, patch_map)
+        return MethodOutput(image_scores=scores, anomaly_maps=maps, raw_maps=raw, state=state)

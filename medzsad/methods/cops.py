@@ -24,7 +24,7 @@ Official quirks reproduced by default (parity README §5 #7, #12-#17) are listed
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
 from medzsad.backbone.visual import VisualFeatures
-from medzsad.methods.base import BatchTerm, LossOutput, MethodConfig, MethodOutput, ZsadMethod, load_prompt_state
+from medzsad.methods.base import BatchTerm, ForwardState, LossOutput, MethodConfig, MethodOutput, ZsadMethod
 from medzsad.methods.losses import segmentation_loss
 from medzsad.methods.postprocess import (
     gaussian_blur,
@@ -86,10 +86,10 @@ class CoPSConfig(MethodConfig):
             feature axis and averaged over the batch.
         upsample_mode: patch map to pixel map interpolation, ``"nearest"`` as the official code does at
             test and in training (its helper's default), or ``"bilinear"``.
-        seed: seed of the generator used for the VAE draws when none is given (CPU, so CPU and GPU runs
-            draw the same noise).
         sigma: Gaussian smoothing of the maps (4).
     """
+
+    retired_keys = ("seed",)  # the VAE draws are the engine's now, seeded with eval.seed / train.seed
 
     n_context_tokens: int = 6
     n_state_tokens: int = 6
@@ -108,10 +108,6 @@ class CoPSConfig(MethodConfig):
     recon_weight: float = 0.0
     recon_all_pairs: bool = True
     upsample_mode: str = "nearest"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     @property
     def n_ctx(self) -> int:
@@ -120,6 +116,7 @@ class CoPSConfig(MethodConfig):
 
     def validate(self) -> None:
         """Raise ``ValueError`` on settings the method cannot run with."""
+        super().validate()
         if self.prototype_pairing not in PROTOTYPE_PAIRINGS:
             raise ValueError(f"prototype_pairing must be one of {PROTOTYPE_PAIRINGS}, got {self.prototype_pairing!r}")
         if self.neighbour_kernel < 1 or self.neighbour_kernel % 2 == 0:
@@ -255,6 +252,75 @@ class CoPSPrompt(nn.Module):
         return self.slots.assemble(torch.cat([context, state, klass], dim=-2))
 
 
+@dataclass
+class CoPSState(ForwardState):
+    """The part of a CoPS forward pass shared by inference and training.
+
+    Attributes:
+        features: the backbone pass (raw global feature ``[B, D]``, the feature layer's V-V tokens).
+        vae_noise: the VAE draws: ``[B, R, D]`` prior samples at test, ``[B, D]`` posterior epsilon in training.
+        vae_decoded: decoded class-token vectors, ``[B, R, D]`` at test, ``[B, D]`` in training.
+        patch_features_avg: ``[B, N, D]`` neighbour-averaged patch features.
+        prototypes_normal, prototypes_abnormal: ``[B, S, D]``.
+        distance_normal, distance_abnormal: ``[B, N]`` distance of each patch to its nearest prototype.
+        text_samples: ``[B, 2, R, D]`` normalised per-sample text; ``text_features`` ``[B, 2, D]`` their
+            normalised mean.
+        image_cos, image_logits: ``[B, 2]``.
+        patch_cos, patch_probs: ``[B, N, 2]``.
+    """
+
+    features: VisualFeatures
+    vae_noise: torch.Tensor
+    vae_decoded: torch.Tensor
+    patch_features_avg: torch.Tensor
+    prototypes_normal: torch.Tensor
+    prototypes_abnormal: torch.Tensor
+    distance_normal: torch.Tensor
+    distance_abnormal: torch.Tensor
+    text_samples: torch.Tensor
+    text_features: torch.Tensor
+    image_cos: torch.Tensor
+    image_logits: torch.Tensor
+    patch_cos: torch.Tensor
+    patch_probs: torch.Tensor
+
+
+@dataclass
+class CoPSPrediction(CoPSState):
+    """A CoPS inference pass: :class:`CoPSState` plus the SAGA scoring.
+
+    Attributes:
+        spatial_weight: ``[B, N]`` ``alpha·minmax(d_n) + (1 - alpha)·(1 - minmax(d_a))``.
+        patch_probs_weighted: ``[B, N, 2]``.
+        global_prob, patch_max: ``[B]`` the two parts of the image score.
+    """
+
+    spatial_weight: torch.Tensor
+    patch_probs_weighted: torch.Tensor
+    global_prob: torch.Tensor
+    patch_max: torch.Tensor
+
+
+@dataclass
+class CoPSTraining(CoPSState):
+    """A CoPS training pass: :class:`CoPSState` plus the VAE posterior and full-size probabilities.
+
+    Attributes:
+        vae_mean, vae_log_var, vae_z: ``[B, D]`` posterior and its reparameterised sample.
+        full_probs: ``[B, 2, S, S]``.
+    """
+
+    vae_mean: torch.Tensor
+    vae_log_var: torch.Tensor
+    vae_z: torch.Tensor
+    full_probs: torch.Tensor
+
+    @property
+    def image_features_raw(self) -> torch.Tensor:
+        """``[B, D]`` the raw global feature the VAE encodes and reconstructs."""
+        return self.features.global_features
+
+
 class CoPS(ZsadMethod):
     """CoPS on the shared backbone.
 
@@ -262,44 +328,22 @@ class CoPS(ZsadMethod):
         backbone: the frozen CLIP.
         config: :class:`CoPSConfig`.
 
-    The VAE draws (``R`` prior samples per image at test, one posterior epsilon per image in training)
-    come from ``noise`` when given, else from ``generator``, else from the method's own CPU generator
-    seeded with ``config.seed`` (see :meth:`reset_generator`). Test draws are taken image by image, so a
-    batch gets the same noise as the same images predicted one at a time.
+    CoPS samples: ``R`` prior draws ``[R, D]`` per image at test, one posterior epsilon ``[D]`` per image in
+    training (:meth:`noise_shape`). The engine passes them as ``noise``, seeded per sample; each image's
+    draws are its own, so a batch scores as its images one at a time.
     """
 
     name = "cops"
     config_class = CoPSConfig
-    # Modules the official forward pass never uses, and token buffers (rebuilt from the backbone).
-    official_dead_prefixes = (
-        "projector.",
-        "projector_cls.",
-        "extractor_.",
-        "token_prefix",
-        "token_suffix",
-        "tokenized_prompts",
-    )
+    official_name = "CoPS"
+    official_dead_prefixes = ("projector.", "projector_cls.", "extractor_.")
+    config: CoPSConfig
+    prompt: CoPSPrompt
+    prompt_class = CoPSPrompt
 
-    def __init__(self, backbone: ClipBackbone, config: CoPSConfig | None = None) -> None:
-        config = config or CoPSConfig()
-        super().__init__(backbone, config)
-        self.config: CoPSConfig = config
-        self.prompt = CoPSPrompt(backbone, config)
-        self._generator: torch.Generator | None = None
-
-    # -- randomness --------------------------------------------------------------------------------
-    def reset_generator(self, seed: int | None = None) -> None:
-        """Restart the default generator from ``seed`` (default ``config.seed``): the next predictions
-        repeat the previous run's draws exactly."""
-        self._generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
-
-    def skip_test_draws(self, images: int) -> None:
-        for _ in range(images):
-            self._draw((self.config.test_samples, self.backbone.embed_dim), None)
-
-    def draw_training_noise(self, batch_size: int) -> torch.Tensor:
-        """The VAE posterior draws ``[batch_size, D]`` of one training batch, from the method's generator."""
-        return self._draw((batch_size, self.backbone.embed_dim), None)
+    def noise_shape(self, training: bool) -> tuple[int, ...]:
+        dim = self.backbone.embed_dim
+        return (dim,) if training else (self.config.test_samples, dim)
 
     def batch_level_terms(self) -> dict[str, BatchTerm]:
         """Gather and scatter are means over the batch's normal and anomalous *patches*."""
@@ -315,13 +359,6 @@ class CoPS(ZsadMethod):
             return int(patch_labels.sum()) if anomalous else int((~patch_labels).sum())
 
         return count
-
-    def _draw(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
-        if generator is None:
-            if self._generator is None:
-                self.reset_generator()
-            generator = self._generator
-        return torch.randn(shape, generator=generator, device=generator.device)
 
     # -- image side --------------------------------------------------------------------------------
     def image_features(self, images: torch.Tensor) -> VisualFeatures:
@@ -358,34 +395,31 @@ class CoPS(ZsadMethod):
         tokens = prompt.token_embeddings(state, class_vectors)  # [B, R, 2, T, W]
         batch, samples, states = tokens.shape[:3]
         token_ids = prompt.slots.token_ids.expand(batch, samples, -1, -1)
-        text = self.backbone.text(
-            tokens.flatten(0, 2),
-            token_ids.flatten(0, 2),
-            list(prompt.compound_prompts_text),
-            self.config.fp16_deep_prompts,
-            length=prompt.slots.length,
-        )
+        text = self.encode_prompt_tokens(tokens.flatten(0, 2), token_ids.flatten(0, 2), prompt.slots.length)
         text = F.normalize(text, dim=-1).reshape(batch, samples, states, -1)
         return text.transpose(1, 2)
 
     # -- shared forward ----------------------------------------------------------------------------
-    def _forward(self, features: VisualFeatures, class_vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _shared(self, features: VisualFeatures, noise: torch.Tensor, decoded: torch.Tensor) -> dict[str, Any]:
+        """The fields of :class:`CoPSState` for ``decoded`` class vectors ``[B, D]`` or ``[B, R, D]``."""
         config = self.config
+        class_vectors = decoded if decoded.ndim == 3 else decoded.unsqueeze(1)
         patches_avg = neighbour_average(features.patch_features[0][:, 1:], features.grid_size, config.neighbour_kernel)
         normal_protos, abnormal_protos = self.prototypes(patches_avg)
         text_samples = self.encode_text(normal_protos, abnormal_protos, class_vectors)
         text = F.normalize(text_samples.mean(dim=2), dim=-1)  # [B, 2, D]
         patch_unit = F.normalize(patches_avg, dim=-1)
-        distance_normal = nearest_prototype_distance(patch_unit, normal_protos)
-        distance_abnormal = nearest_prototype_distance(patch_unit, abnormal_protos)
         image_cos = torch.einsum("bd,bcd->bc", F.normalize(features.global_features, dim=-1), text)
         patch_cos = torch.einsum("bnd,bcd->bnc", patch_unit, text)
         return {
+            "features": features,
+            "vae_noise": noise,
+            "vae_decoded": decoded,
             "patch_features_avg": patches_avg,
             "prototypes_normal": normal_protos,
             "prototypes_abnormal": abnormal_protos,
-            "distance_normal": distance_normal,
-            "distance_abnormal": distance_abnormal,
+            "distance_normal": nearest_prototype_distance(patch_unit, normal_protos),
+            "distance_abnormal": nearest_prototype_distance(patch_unit, abnormal_protos),
             "text_samples": text_samples,
             "text_features": text,
             "image_cos": image_cos,
@@ -398,121 +432,77 @@ class CoPS(ZsadMethod):
         """``[B, h*w, C]`` -> ``[B, C, H, W]`` with the configured interpolation."""
         return upsample(patch_grid_maps(patch_values, grid), size, self.config.upsample_mode)
 
-    def predict(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
-    ) -> MethodOutput:
+    def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MethodOutput:
         """Scores and maps for ``images [B, 3, S, S]`` (CLIP-normalised).
 
         Args:
             images: the batch.
-            noise: optional ``[B, R, D]`` prior draws for the class-token VAE (R = ``config.test_samples``).
-            generator: where to draw the noise from when ``noise`` is None (default: the method's own).
+            noise: ``[B, R, D]`` prior draws for the class-token VAE (R = ``config.test_samples``); drawn
+                from torch's global generator when ``None``.
         """
-        return self.predict_features(self.image_features(images), images.shape[-2:], noise, generator)
+        return self.predict_features(self.image_features(images), images.shape[-2:], noise)
 
     def predict_features(
-        self,
-        features: VisualFeatures,
-        image_size: tuple[int, int] | torch.Size,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        self, features: VisualFeatures, image_size: tuple[int, int] | torch.Size, noise: torch.Tensor | None = None
     ) -> MethodOutput:
         """:meth:`predict` from precomputed :meth:`image_features`; maps are ``image_size``."""
         config = self.config
-        config.validate()
         global_raw = features.global_features
-        batch, dim = global_raw.shape
-        if noise is None:
-            # Image by image, so a batch draws exactly what the same images would draw one at a time.
-            noise = torch.stack([self._draw((config.test_samples, dim), generator) for _ in range(batch)])
-        if tuple(noise.shape) != (batch, config.test_samples, dim):
-            raise ValueError(f"noise must be [{batch}, {config.test_samples}, {dim}], got {list(noise.shape)}")
-        noise = noise.to(global_raw)
-        class_vectors = self.prompt.vae_decoder(noise)
-        out = self._forward(features, class_vectors)
+        noise = self.check_noise(noise, global_raw.shape[0], False, global_raw)
+        shared = self._shared(features, noise, self.prompt.vae_decoder(noise))
         # Min/max over each image's own patches (the official code takes them over the whole batch,
         # which is only per image at its test batch size of 1).
-        weight = config.alpha * minmax_normalise(out["distance_normal"]) + (1 - config.alpha) * (
-            1 - minmax_normalise(out["distance_abnormal"])
+        weight = config.alpha * minmax_normalise(shared["distance_normal"]) + (1 - config.alpha) * (
+            1 - minmax_normalise(shared["distance_abnormal"])
         )
-        weighted = out["patch_probs"] * weight.unsqueeze(-1)
-        global_prob = out["image_logits"].softmax(dim=-1)[:, 1]
+        weighted = shared["patch_probs"] * weight.unsqueeze(-1)
+        global_prob = shared["image_logits"].softmax(dim=-1)[:, 1]
         patch_max = weighted[..., 1].amax(dim=-1)
         scores = config.beta * global_prob + (1 - config.beta) * patch_max
         raw = self._full_size(weighted[..., 1:], features.grid_size, tuple(image_size))[:, 0]
         maps = gaussian_blur(raw, config.sigma)
-        out.pop("patch_features_avg")
-        extras = {
-            **out,
-            "vae_noise": noise,
-            "vae_decoded": class_vectors,
-            "spatial_weight": weight,
-            "patch_probs_weighted": weighted,
-            "global_prob": global_prob,
-            "patch_max": patch_max,
-        }
-        return MethodOutput(image_scores=scores, anomaly_maps=maps, raw_maps=raw, extras=extras)
+        state = CoPSPrediction(
+            **shared, spatial_weight=weight, patch_probs_weighted=weighted, global_prob=global_prob, patch_max=patch_max
+        )
+        return MethodOutput(image_scores=scores, anomaly_maps=maps, raw_maps=raw, state=state)
 
     def loss(
-        self,
-        images: torch.Tensor,
-        masks: torch.Tensor,
-        labels: torch.Tensor,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor | None = None
     ) -> LossOutput:
         """Training loss ``CE + 4·(focal + dice_abn + dice_norm) + gather + scatter + KL + w·recon``.
 
         Args:
             images, masks, labels: the batch (``masks [B, H, W]`` float 0/1, ``labels [B]``).
-            noise: optional ``[B, D]`` epsilon of the VAE's reparameterised posterior sample.
-            generator: where to draw it when ``noise`` is None (default: the method's own).
+            noise: ``[B, D]`` epsilon of the VAE's reparameterised posterior sample; drawn from torch's
+                global generator when ``None``.
         """
-        return self.losses_from(self.training_forward(images, noise, generator), masks, labels)
+        return self.losses_from(self.training_forward(images, noise), masks, labels)
 
-    def training_forward(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None
-    ) -> dict[str, Any]:
+    def training_forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> CoPSTraining:
         """Everything the training loss is made of: VAE posterior sample (one per image), prototypes,
         distances, text and 2-channel patch probabilities; see :meth:`loss`."""
-        self.config.validate()
         features = self.image_features(images)
-        global_raw = features.global_features
-        mean, log_var = self.prompt.vae_encoder(global_raw)
-        if noise is None:
-            noise = self._draw(tuple(mean.shape), generator)
-        if noise.shape != mean.shape:
-            raise ValueError(f"noise must be {list(mean.shape)}, got {list(noise.shape)}")
-        latent = torch.exp(0.5 * log_var) * noise.to(mean) + mean
-        decoded = self.prompt.vae_decoder(latent)
-        out = self._forward(features, decoded.unsqueeze(1))
-        full_probs = self._full_size(out["patch_probs"], features.grid_size, images.shape[-2:])
-        return {
-            **out,
-            "image_features_raw": global_raw,
-            "vae_noise": noise,
-            "vae_mean": mean,
-            "vae_log_var": log_var,
-            "vae_z": latent,
-            "vae_decoded": decoded,
-            "full_probs": full_probs,
-            "grid_size": features.grid_size,
-        }
+        mean, log_var = self.prompt.vae_encoder(features.global_features)
+        noise = self.check_noise(noise, mean.shape[0], True, mean)
+        latent = torch.exp(0.5 * log_var) * noise + mean
+        shared = self._shared(features, noise, self.prompt.vae_decoder(latent))
+        full_probs = self._full_size(shared["patch_probs"], features.grid_size, images.shape[-2:])
+        return CoPSTraining(**shared, vae_mean=mean, vae_log_var=log_var, vae_z=latent, full_probs=full_probs)
 
-    def losses_from(self, out: Mapping[str, Any], masks: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+    def losses_from(self, out: CoPSTraining, masks: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         """The loss terms of :meth:`training_forward`'s output ``out``."""
         config = self.config
-        probs = out["full_probs"]
-        terms: dict[str, torch.Tensor] = {"image_ce": F.cross_entropy(out["image_logits"], labels.long())}
+        probs = out.full_probs
+        terms: dict[str, torch.Tensor] = {"image_ce": F.cross_entropy(out.image_logits, labels.long())}
         terms.update(segmentation_loss(probs, masks))
         terms["patch"] = terms["focal"] + terms["dice_abnormal"] + terms["dice_normal"]
 
-        anomalous = patch_ground_truth(masks.to(probs), out["grid_size"]) != 0
-        terms["gather"] = _masked_mean(out["distance_normal"], ~anomalous)
-        terms["scatter"] = _masked_mean(out["distance_abnormal"], anomalous)
-        mean, log_var = out["vae_mean"], out["vae_log_var"]
+        anomalous = patch_ground_truth(masks.to(probs), out.features.grid_size) != 0
+        terms["gather"] = _masked_mean(out.distance_normal, ~anomalous)
+        terms["scatter"] = _masked_mean(out.distance_abnormal, anomalous)
+        mean, log_var = out.vae_mean, out.vae_log_var
         terms["kl"] = (-0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(dim=1)).mean()
-        global_raw, decoded = out["image_features_raw"], out["vae_decoded"]
+        global_raw, decoded = out.image_features_raw, out.vae_decoded
         if config.recon_all_pairs:
             recon = (global_raw.unsqueeze(0) - decoded.unsqueeze(1)).pow(2).mean()
         else:
@@ -529,18 +519,11 @@ class CoPS(ZsadMethod):
         )
         return LossOutput(total=total, terms=terms)
 
-    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load an official checkpoint (the whole file's dict or its ``"prompt_learner"`` entry).
-
-        Released checkpoints drop ``vae_encoder.*`` (only used in training); when it is absent the current
-        encoder is kept. The never-used ``projector*``/``extractor_*`` modules and the token buffers are
-        ignored; anything else missing, unexpected or of the wrong shape raises ``ValueError``.
-        """
-        inner = state_dict.get("prompt_learner")
-        state = dict(inner if isinstance(inner, Mapping) else state_dict)
+    def complete_official_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Released checkpoints drop ``vae_encoder.*`` (only used in training): the current encoder is kept."""
         if not any(key.startswith("vae_encoder.") for key in state):
             state.update({f"vae_encoder.{k}": v for k, v in self.prompt.vae_encoder.state_dict().items()})
-        load_prompt_state(self.prompt, state, self.official_dead_prefixes, "CoPS checkpoint")
+        return state
 
 
 def nearest_prototype_distance(patch_unit: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ over the normal images of the batch (``prior_loss_reduction``); the test map is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from medzsad.backbone.clip import ClipBackbone
-from medzsad.methods.base import BatchTerm, LossOutput, MethodConfig, MethodOutput, ZsadMethod, load_prompt_state
+from medzsad.backbone.visual import VisualFeatures
+from medzsad.methods.base import BatchTerm, ForwardState, LossOutput, MethodConfig, MethodOutput, ZsadMethod
 from medzsad.methods.losses import binary_focal_loss, segmentation_loss
 from medzsad.methods.postprocess import gaussian_blur, patch_grid_maps, upsample
 from medzsad.prompts import PromptSlots, init_context, init_deep_prompts, placeholder_prompt
@@ -94,7 +94,8 @@ class FAPromptConfig(MethodConfig):
     orthogonality_weight: float = 0.1
     prior_weight: float = 1.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        super().validate()
         choices = {
             "prior_token_selection": PRIOR_TOKEN_SELECTIONS,
             "binary_focal_input": BINARY_FOCAL_INPUTS,
@@ -215,6 +216,48 @@ def select_prior_tokens(patch_tokens: torch.Tensor, abnormal_probs: torch.Tensor
     return torch.gather(patch_tokens, 1, indices.unsqueeze(-1).expand(-1, -1, patch_tokens.shape[-1]))
 
 
+@dataclass
+class FAPromptState(ForwardState):
+    """One forward pass of FAPrompt (static pass, prior, dynamic pass).
+
+    Attributes:
+        features: the backbone pass (global feature, final V-V patch tokens with the CLS first).
+        text_static_features: ``[2, D]`` normalised static pair (normal, mean abnormality).
+        text_static_neg_raw: ``[K, D]`` un-normalised static abnormality embeddings.
+        text_dynamic_pos_raw, text_dynamic_neg_raw: ``[B, 1, D]`` and ``[B, K, D]`` per-image embeddings.
+        text_dynamic_features: ``[B, 2, D]`` normalised per-image pairs.
+        image_features: ``[B, D]`` normalised global features.
+        patch_probs_static, patch_probs_dynamic: ``[B, N, 2]``.
+        topk_indices: ``[B, k]`` patches of highest static abnormal probability.
+        selected_tokens: ``[B, k, D]`` tokens fed to the prior network.
+        prior_bias: ``[B, W]``.
+        image_logits: ``[B, 2]`` dynamic global logits.
+        global_prob_dynamic, map_max_score_static, map_max_score_dynamic: ``[B]``.
+        image_scores: ``[B]`` the combined score.
+        full_static, full_dynamic: ``[B, 2, S, S]`` upsampled probabilities.
+    """
+
+    features: VisualFeatures
+    text_static_features: torch.Tensor
+    text_static_neg_raw: torch.Tensor
+    text_dynamic_pos_raw: torch.Tensor
+    text_dynamic_neg_raw: torch.Tensor
+    text_dynamic_features: torch.Tensor
+    image_features: torch.Tensor
+    patch_probs_static: torch.Tensor
+    patch_probs_dynamic: torch.Tensor
+    topk_indices: torch.Tensor
+    selected_tokens: torch.Tensor
+    prior_bias: torch.Tensor
+    image_logits: torch.Tensor
+    global_prob_dynamic: torch.Tensor
+    map_max_score_static: torch.Tensor
+    map_max_score_dynamic: torch.Tensor
+    image_scores: torch.Tensor
+    full_static: torch.Tensor
+    full_dynamic: torch.Tensor
+
+
 class FAPrompt(ZsadMethod):
     """FAPrompt on the shared backbone.
 
@@ -225,29 +268,16 @@ class FAPrompt(ZsadMethod):
 
     name = "faprompt"
     config_class = FAPromptConfig
-    official_dead_prefixes = (
-        "compound_prompt_projections.",
-        "token_prefix",
-        "token_suffix",
-        "tokenized_prompts",
-    )
-
-    def __init__(self, backbone: ClipBackbone, config: FAPromptConfig | None = None) -> None:
-        config = config or FAPromptConfig()
-        super().__init__(backbone, config)
-        self.config: FAPromptConfig = config
-        self.prompt = FAPromptPrompt(backbone, config)
+    official_name = "FAPrompt"
+    official_dead_prefixes = ("compound_prompt_projections.",)
+    config: FAPromptConfig
+    prompt: FAPromptPrompt
+    prompt_class = FAPromptPrompt
 
     # -- text side ---------------------------------------------------------------------------------
     def _encode(self, embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-        slots = (self.prompt.normal_slots, self.prompt.abnormal_slots)
-        return self.backbone.text(
-            embeddings,
-            token_ids,
-            list(self.prompt.compound_prompts_text),
-            self.config.fp16_deep_prompts,
-            length=max(s.length for s in slots),
-        )
+        length = max(s.length for s in (self.prompt.normal_slots, self.prompt.abnormal_slots))
+        return self.encode_prompt_tokens(embeddings, token_ids, length)
 
     def encode_static_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-normalised static embeddings: normal ``[1, D]`` and abnormality prompts ``[K, D]`` (one pass)."""
@@ -277,7 +307,8 @@ class FAPrompt(ZsadMethod):
         return self.cached_text(self.encode_static_prompts)
 
     # -- image side --------------------------------------------------------------------------------
-    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_state(self, images: torch.Tensor) -> FAPromptState:
+        """Everything maps, scores and the loss are made of, for ``images [B, 3, S, S]``."""
         config = self.config
         features = self.backbone.encode_image(images, (-1,), config.dpam_start_layer)
         image_features = F.normalize(features.global_features, dim=-1)
@@ -304,64 +335,68 @@ class FAPrompt(ZsadMethod):
         global_prob = image_logits.softmax(dim=-1)[:, 1]
         scores = 0.5 * (global_prob + (2 * max_static + max_dynamic) / 3)
         size = images.shape[-2:]
-        return {
-            "text_static_features": static_text,
-            "text_static_neg_raw": abnormal_raw,
-            "text_dynamic_pos_raw": dynamic_normal_raw,
-            "text_dynamic_neg_raw": dynamic_abnormal_raw,
-            "text_dynamic_features": dynamic_text,
-            "image_features": image_features,
-            "patch_probs_static": static_probs,
-            "patch_probs_dynamic": dynamic_probs,
-            "topk_indices": topk_indices,
-            "selected_tokens": selected,
-            "prior_bias": prior_bias,
-            "image_logits": image_logits,
-            "global_prob_dynamic": global_prob,
-            "map_max_score_static": max_static,
-            "map_max_score_dynamic": max_dynamic,
-            "image_scores": scores,
-            "full_static": upsample(patch_grid_maps(static_probs, features.grid_size), size, "bilinear"),
-            "full_dynamic": upsample(patch_grid_maps(dynamic_probs, features.grid_size), size, "bilinear"),
-        }
+        return FAPromptState(
+            features=features,
+            text_static_features=static_text,
+            text_static_neg_raw=abnormal_raw,
+            text_dynamic_pos_raw=dynamic_normal_raw,
+            text_dynamic_neg_raw=dynamic_abnormal_raw,
+            text_dynamic_features=dynamic_text,
+            image_features=image_features,
+            patch_probs_static=static_probs,
+            patch_probs_dynamic=dynamic_probs,
+            topk_indices=topk_indices,
+            selected_tokens=selected,
+            prior_bias=prior_bias,
+            image_logits=image_logits,
+            global_prob_dynamic=global_prob,
+            map_max_score_static=max_static,
+            map_max_score_dynamic=max_dynamic,
+            image_scores=scores,
+            full_static=upsample(patch_grid_maps(static_probs, features.grid_size), size, "bilinear"),
+            full_dynamic=upsample(patch_grid_maps(dynamic_probs, features.grid_size), size, "bilinear"),
+        )
 
-    def predict(self, images: torch.Tensor) -> MethodOutput:
+    def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MethodOutput:
         """Scores and maps for ``images [B, 3, S, S]`` (CLIP-normalised); every image is independent."""
-        out = self._forward(images)
-        static, dynamic = out.pop("full_static"), out.pop("full_dynamic")
+        self.check_noise(noise, images.shape[0], False, images)
+        state = self.forward_state(images)
+        static, dynamic = state.full_static, state.full_dynamic
         raw = (static[:, 1] + 1 - static[:, 0] + dynamic[:, 1] + 1 - dynamic[:, 0]) / 4
         maps = gaussian_blur(raw, self.config.sigma)
-        scores = out.pop("image_scores")
-        return MethodOutput(image_scores=scores, anomaly_maps=maps, raw_maps=raw, extras=out)
+        return MethodOutput(image_scores=state.image_scores, anomaly_maps=maps, raw_maps=raw, state=state)
 
-    def loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+    def loss(
+        self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> LossOutput:
         """Training loss (methods-spec §3.5): static + 0.5·dynamic segmentation, image CE, image focal,
         0.1·orthogonality and the prior loss. Every term (unweighted) is in ``terms``."""
         config = self.config
-        out = self._forward(images)
+        self.check_noise(noise, images.shape[0], True, images)
+        state = self.forward_state(images)
         labels = labels.long()
         terms: dict[str, torch.Tensor] = {}
         segmentation = torch.zeros((), device=images.device)
-        for stage, weight in (
-            ("static", config.static_segmentation_weight),
-            ("dynamic", config.dynamic_segmentation_weight),
+        for stage, probs, weight in (
+            ("static", state.full_static, config.static_segmentation_weight),
+            ("dynamic", state.full_dynamic, config.dynamic_segmentation_weight),
         ):
-            seg = segmentation_loss(out[f"full_{stage}"], masks)
+            seg = segmentation_loss(probs, masks)
             terms[f"focal_{stage}"] = seg["focal"]
             terms[f"dice_{stage}_abnormal"] = seg["dice_abnormal"]
             terms[f"dice_{stage}_normal"] = seg["dice_normal"]
             segmentation = segmentation + weight * (seg["focal"] + seg["dice_abnormal"] + seg["dice_normal"])
         terms["segmentation"] = segmentation
-        terms["image_ce"] = F.cross_entropy(out["image_logits"], labels)
+        terms["image_ce"] = F.cross_entropy(state.image_logits, labels)
         terms["image_binary_focal"] = binary_focal_loss(
-            out["image_scores"],
+            state.image_scores,
             labels,
             alpha=config.binary_focal_alpha,
             gamma=config.binary_focal_gamma,
             logits=config.binary_focal_input == "probability_as_logit",
         )
-        terms["orthogonality_sum"] = orthogonality_loss(out["text_static_neg_raw"])
-        per_image = prior_mse_per_normal_image(out["prior_bias"], labels)
+        terms["orthogonality_sum"] = orthogonality_loss(state.text_static_neg_raw)
+        per_image = prior_mse_per_normal_image(state.prior_bias, labels)
         if config.prior_loss_reduction == "sum" or per_image.numel() == 0:
             terms["prior"] = per_image.sum()
         else:
@@ -374,13 +409,3 @@ class FAPrompt(ZsadMethod):
             + config.prior_weight * terms["prior"]
         )
         return LossOutput(total=total, terms=terms)
-
-    def load_official_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load an official FAPrompt prompt learner (``ckpt["prompt_learner"]``, or the whole checkpoint).
-
-        The never-used ``compound_prompt_projections.*`` and the token buffers are ignored (the buffers
-        follow from the backbone's tokenizer and embedding table).
-        """
-        if "prompt_learner" in state_dict and isinstance(state_dict["prompt_learner"], Mapping):
-            state_dict = state_dict["prompt_learner"]
-        load_prompt_state(self.prompt, state_dict, self.official_dead_prefixes, "FAPrompt checkpoint")

@@ -8,7 +8,6 @@ The reference code upsamples with ``F.interpolate`` and smooths each map with
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +90,3 @@ def neighbour_average(patch_values: torch.Tensor, grid: tuple[int, int], kernel:
     maps = patch_grid_maps(patch_values, grid)
     pooled = F.avg_pool2d(maps, kernel, stride=1, padding=kernel // 2, count_include_pad=True)
     return pooled.flatten(2).transpose(1, 2)
-
-
-def is_square(count: int) -> bool:
-    return math.isqrt(count) ** 2 == count

@@ -85,3 +85,16 @@ def mask_id(path: Path) -> int:
 
     columns = int(read_mask(path).any(axis=0).sum())
     return columns // 2
+
+
+def oracle_volume_map(volume, label, transform=None) -> np.ndarray:
+    """What volume prediction does around a model that returns each slice's own mask: slice the volume,
+    bring every map back to its slice's pixels and reassemble them on the scan's grid."""
+    from medzsad.data.transforms import ClipImageTransform, map_to_original
+    from medzsad.data.volumes import reassemble, volume_samples
+
+    transform = transform or ClipImageTransform()
+    samples = list(volume_samples(volume, transform=transform, label=label))
+    pad = transform.pad_to_square
+    maps = [map_to_original(s.mask.float(), s.original_size, pad_to_square=pad) for s in samples]
+    return reassemble(maps, volume, "axial", [s.slice_index for s in samples])

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from datahelpers import oracle_volume_map
 from sklearn.metrics import roc_auc_score
 
-from medzsad.data.volumes import predict_volume, read_volume, slice_labels, write_nifti
+from medzsad.data.volumes import read_volume, slice_labels, write_nifti
 
 CASES = {  # name: (shape z, y, x; slices with lesion voxels), from ../shared/data/README.md
     "breast1": ((21, 120, 45), 3),
@@ -29,7 +30,7 @@ def test_nrrd_slicing_round_trip_keeps_geometry_and_alignment(shared_data_dir, t
 
     # The oracle returns each slice's own mask at model resolution: after resizing back to the slice's
     # pixels and reassembling, lesion voxels must outrank every other voxel.
-    result = predict_volume(image, lambda batch: batch.mask, label=label, batch_size=8)
+    result = oracle_volume_map(image, label)
     out = write_nifti(result, image, tmp_path / f"{name}_map.nii")
 
     written, source = sitk.ReadImage(str(out)), sitk.ReadImage(str(folder / f"{name}_label.nrrd"))

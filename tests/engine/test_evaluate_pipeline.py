@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from medzsad.data.records import Sample, collate_samples
-from medzsad.engine.evaluate import predictions_ahead
+from medzsad.engine.inference import indexed, predict_batches
 from medzsad.methods.base import MethodOutput
 
 
@@ -20,13 +22,15 @@ def _batch(value: float, size: int = 2):
 def test_next_batch_is_launched_before_the_previous_is_handed_over():
     events: list[str] = []
 
-    def predict(images: torch.Tensor) -> MethodOutput:
+    def predict(images: torch.Tensor, noise=None) -> MethodOutput:
         events.append(f"launch {images[0, 0, 0, 0]:.0f}")
         maps = images[:, 0] * 2
         return MethodOutput(image_scores=images.mean(dim=(1, 2, 3)), anomaly_maps=maps, raw_maps=maps)
 
+    method = SimpleNamespace(predict=predict, noise_shape=lambda training: None)
     batches = [_batch(float(i)) for i in range(3)]
-    for batch, scores, maps in predictions_ahead(predict, batches, torch.device("cpu")):
+    for batch in predict_batches(method, indexed(batches), torch.device("cpu")):
+        scores, maps = batch.pred_score.numpy(), batch.anomaly_map.numpy()
         events.append(f"use {scores[0]:.0f}")
         assert scores.shape == (2,) and maps.shape == (2, 4, 4)
         assert (maps == 2 * batch.image[:, 0].numpy()).all()  # each batch with its own outputs
@@ -34,4 +38,12 @@ def test_next_batch_is_launched_before_the_previous_is_handed_over():
 
 
 def test_an_empty_loader_yields_nothing():
-    assert list(predictions_ahead(lambda images: None, [], torch.device("cpu"))) == []
+    method = SimpleNamespace(predict=lambda images, noise: None, noise_shape=lambda training: None)
+    assert list(predict_batches(method, [], torch.device("cpu"))) == []
+
+
+def test_samples_are_keyed_by_their_index():
+    assert [keys for _, keys in indexed([_batch(0.0, 2), _batch(1.0, 3)], start=5)] == [
+        [(5,), (6,)],
+        [(7,), (8,), (9,)],
+    ]

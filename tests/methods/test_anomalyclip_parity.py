@@ -55,18 +55,18 @@ def test_image_features(fixtures, inference):
     features = inference["features"]
     assert_close(features.global_features, out["infer/image_features_raw"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES)
     assert_close(features.patch_features[0], out["infer/patch_features_raw"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES)
-    assert_close(inference["output"].extras["image_features"], out["infer/image_features"], atol=RTOL_FEATURES)
+    assert_close(inference["output"].state.image_features, out["infer/image_features"], atol=RTOL_FEATURES)
 
 
 def test_text_features(fixtures, inference):
     out = fixtures["out"]
     assert_close(inference["text_raw"], out["infer/text_embed_raw"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES)
-    assert_close(inference["output"].extras["text_features"], out["infer/text_features"], atol=RTOL_FEATURES)
+    assert_close(inference["output"].state.text_features, out["infer/text_features"], atol=RTOL_FEATURES)
 
 
 def test_patch_probabilities_maps_and_scores(fixtures, inference):
     out, maps, output = fixtures["out"], fixtures["maps"], inference["output"]
-    assert_close(output.extras["patch_probs"], out["infer/patch_probs"], atol=ATOL_MAPS)
+    assert_close(output.state.patch_probs[-1], out["infer/patch_probs"], atol=ATOL_MAPS)
     assert_close(output.raw_maps, maps["infer/anomaly_map_raw"], atol=ATOL_MAPS)
     assert_close(output.anomaly_maps, maps["infer/anomaly_map"], atol=ATOL_MAPS)
     assert_close(output.image_scores, out["infer/image_score"], atol=ATOL_MAPS)

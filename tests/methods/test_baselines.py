@@ -51,7 +51,7 @@ def test_shapes_ranges_and_determinism(methods, key) -> None:
     for tensor in (out.image_scores, out.anomaly_maps, out.raw_maps):
         assert torch.isfinite(tensor).all()
         assert tensor.min() >= 0 and tensor.max() <= 1
-    assert out.extras["text_features"].shape == (2, method.backbone.embed_dim)
+    assert out.state.text_features.shape == (2, method.backbone.embed_dim)
     again = method.predict(images)
     torch.testing.assert_close(again.image_scores, out.image_scores, rtol=0, atol=0)
     torch.testing.assert_close(again.anomaly_maps, out.anomaly_maps, rtol=0, atol=0)
@@ -74,7 +74,7 @@ def test_image_feature_is_open_clip_image_embedding(methods, backbone) -> None:
     with torch.no_grad():
         expected = F.normalize(backbone.clip.encode_image(images), dim=-1)
     for method in methods.values():
-        torch.testing.assert_close(method.predict(images).extras["image_features"], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(method.predict(images).state.image_features, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_training_free_and_empty_checkpoint(methods) -> None:
@@ -240,7 +240,6 @@ def test_map_responds_to_constructed_anomaly(method_class, config, monkeypatch) 
     assert anomaly_map[region].mean() > anomaly_map[~region].mean() + 0.15
     assert region.flatten()[int(anomaly_map.argmax())]
     assert out.raw_maps[0].max() - out.raw_maps[0].min() < 1e-5  # a uniform image gives a flat map
-    for key, value in out.extras.items():
-        if key.startswith("patch_map_"):  # per-scale WinCLIP maps peak inside the square as well
-            row, col = divmod(int(value[1].argmax()), value.shape[-1])
-            assert 1 <= row <= 4 and 1 <= col <= 4, key
+    for size, value in getattr(out.state, "patch_maps", {}).items():  # per-scale WinCLIP maps peak inside too
+        row, col = divmod(int(value[1].argmax()), value.shape[-1])
+        assert 1 <= row <= 4 and 1 <= col <= 4, size

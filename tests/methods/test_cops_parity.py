@@ -23,6 +23,7 @@ from parity_helpers import (
 )
 from parity_helpers import TOL_FEATURES as RTOL_FEATURES
 
+from medzsad.engine.randomness import method_noise
 from medzsad.methods.cops import CoPS, CoPSConfig, patch_ground_truth
 from medzsad.methods.postprocess import neighbour_average
 
@@ -140,21 +141,21 @@ def test_neighbour_average_counts_padding(fixtures):
 )
 def test_vae_samples_prototypes_and_distances(fixtures, inference, key):
     assert_close(
-        inference["output"].extras[key], fixtures["out"][f"infer/{key}"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES
+        getattr(inference["output"].state, key), fixtures["out"][f"infer/{key}"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES
     )
 
 
 def test_text_samples_and_averaged_text(fixtures, inference):
-    extras, out = inference["output"].extras, fixtures["out"]
-    assert_close(extras["text_samples"], out["infer/text_embed_samples"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES)
-    assert_close(extras["text_features"], out["infer/text_features"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES)
+    state, out = inference["output"].state, fixtures["out"]
+    assert_close(state.text_samples, out["infer/text_embed_samples"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES)
+    assert_close(state.text_features, out["infer/text_features"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES)
 
 
 @pytest.mark.parametrize(
     "key", ["patch_cos", "image_cos", "spatial_weight", "patch_probs_weighted", "global_prob", "patch_max"]
 )
 def test_similarities_spatial_weight_and_probabilities(fixtures, inference, key):
-    assert_close(inference["output"].extras[key], fixtures["out"][f"infer/{key}"], atol=ATOL_MAPS)
+    assert_close(getattr(inference["output"].state, key), fixtures["out"][f"infer/{key}"], atol=ATOL_MAPS)
 
 
 def test_nearest_maps_and_glocal_scores(fixtures, inference):
@@ -195,7 +196,9 @@ def training_step(fixtures):
     ],
 )
 def test_training_intermediates(fixtures, training_step, key):
-    assert_close(training_step["forward"][key], fixtures["out"][f"train/{key}"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES)
+    assert_close(
+        getattr(training_step["forward"], key), fixtures["out"][f"train/{key}"], atol=RTOL_FEATURES, rtol=RTOL_FEATURES
+    )
 
 
 def test_patch_ground_truth(fixtures, training_step):
@@ -247,11 +250,10 @@ def test_parameters_after_one_adam_step(fixtures, training_step):
 
 
 def test_recon_weight_and_pairing(training_step):
-    model, forward = training_step["model"], dict(training_step["forward"])
-    forward = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in forward.items()}
+    model, forward = training_step["model"], training_step["forward"].detached()
     masks, labels = training_step["masks"], torch.tensor([0, 1, 0, 1])
     base = model.losses_from(forward, masks, labels)
-    global_raw, decoded = forward["image_features_raw"], forward["vae_decoded"]
+    global_raw, decoded = forward.image_features_raw, forward.vae_decoded
     pairs = torch.stack([((global_raw - s) ** 2).mean() for s in decoded]).mean()  # every (sample, image) pair
     assert_close(base.terms["recon_unweighted"], pairs.numpy(), rtol=1e-6)
     config = model.config
@@ -267,8 +269,7 @@ def test_recon_weight_and_pairing(training_step):
 
 
 def test_batch_without_anomalous_patches_has_zero_scatter(training_step):
-    model, forward = training_step["model"], training_step["forward"]
-    forward = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in forward.items()}
+    model, forward = training_step["model"], training_step["forward"].detached()
     terms = model.losses_from(forward, torch.zeros_like(training_step["masks"]), torch.zeros(4)).terms
     assert terms["scatter"].item() == 0.0
     assert torch.isfinite(terms["gather"])
@@ -281,23 +282,23 @@ def test_overriding_k_alpha_beta(fixtures, inference):
     model, features = inference["model"], inference["features"]
     noise = torch.from_numpy(fixtures["out"]["infer/vae_noise"][:, :1])  # one sample: the text is not under test
     size = (518, 518)
-    base = inference["output"].extras
+    base = inference["output"].state
     config = model.config
     try:
         config.alpha, config.beta, config.test_samples = 0.35, 1.0, 1
         with torch.no_grad():
             changed = model.predict_features(features, size, noise=noise)
-        dn, da = base["distance_normal"], base["distance_abnormal"]
+        dn, da = base.distance_normal, base.distance_abnormal
         mm = lambda v: (v - v.amin(-1, keepdim=True)) / (v.amax(-1, keepdim=True) - v.amin(-1, keepdim=True))  # noqa: E731
-        assert_close(changed.extras["spatial_weight"], (0.35 * mm(dn) + 0.65 * (1 - mm(da))).numpy(), atol=1e-6)
-        assert torch.equal(changed.image_scores, changed.extras["global_prob"])  # beta = 1: global only
+        assert_close(changed.state.spatial_weight, (0.35 * mm(dn) + 0.65 * (1 - mm(da))).numpy(), atol=1e-6)
+        assert torch.equal(changed.image_scores, changed.state.global_prob)  # beta = 1: global only
         config.neighbour_kernel = 3
         with torch.no_grad():
             k3 = model.predict_features(features, size, noise=noise)
             averaged = neighbour_average(features.patch_features[0][:, 1:], GRID, 3)
             expected = model.prompt.extractor(model.prompt.t_n, averaged)
-        assert_close(k3.extras["prototypes_normal"], expected.numpy(), atol=1e-6)
-        assert not torch.allclose(k3.extras["prototypes_normal"], base["prototypes_normal"])
+        assert_close(k3.state.prototypes_normal, expected.numpy(), atol=1e-6)
+        assert not torch.allclose(k3.state.prototypes_normal, base.prototypes_normal)
     finally:
         config.alpha, config.beta, config.neighbour_kernel, config.test_samples = 0.26, 0.9, 5, 10
 
@@ -311,9 +312,9 @@ def test_paper_pairing_swaps_which_prototypes_enter_which_prompt(fixtures, infer
     noise = torch.from_numpy(fixtures["out"]["infer/vae_noise"])
     with torch.no_grad():
         output = paper.predict_features(inference["features"], (518, 518), noise=noise)
-    base = inference["output"].extras
-    assert_close(output.extras["text_features"], base["text_features"].numpy(), atol=1e-6)
-    assert_close(output.extras["distance_normal"], base["distance_abnormal"].numpy(), atol=1e-6)
+    base = inference["output"].state
+    assert_close(output.state.text_features, base.text_features.numpy(), atol=1e-6)
+    assert_close(output.state.distance_normal, base.distance_abnormal.numpy(), atol=1e-6)
 
 
 def test_config_validation_and_presets():
@@ -344,39 +345,39 @@ def test_batch_equals_one_image_at_a_time(fixtures, small_images):
         for i in range(3):
             single = model.predict(small_images[i : i + 1], noise=noise[i : i + 1])
             assert_close(single.anomaly_maps[0], batch.anomaly_maps[i].numpy(), atol=ATOL_MAPS)
-            assert_close(single.extras["spatial_weight"][0], batch.extras["spatial_weight"][i].numpy(), atol=ATOL_MAPS)
+            assert_close(single.state.spatial_weight[0], batch.state.spatial_weight[i].numpy(), atol=ATOL_MAPS)
             assert_close(single.image_scores[0], batch.image_scores[i].numpy(), atol=ATOL_MAPS)
-        # The default generator draws image by image, so batching does not change the draws either.
-        model.reset_generator()
-        batch = model.predict(small_images)
-        model.reset_generator()
-        singles = [model.predict(small_images[i : i + 1]) for i in range(3)]
-    assert torch.equal(torch.cat([s.extras["vae_noise"] for s in singles]), batch.extras["vae_noise"])
+        # The engine draws each sample's noise from its own key, so batching does not change the draws.
+        keys = [(0,), (1,), (2,)]
+        batch = model.predict(small_images, noise=method_noise(model, False, 7, keys))
+        singles = [
+            model.predict(small_images[i : i + 1], noise=method_noise(model, False, 7, keys[i : i + 1]))
+            for i in range(3)
+        ]
+    assert torch.equal(torch.cat([s.state.vae_noise for s in singles]), batch.state.vae_noise)
     assert_close(torch.cat([s.image_scores for s in singles]), batch.image_scores.numpy(), atol=ATOL_MAPS)
 
 
-def test_seeded_runs_repeat_exactly(fixtures, small_images):
-    masks = torch.zeros(2, 112, 112)
-    labels = torch.zeros(2)
-    pair = small_images[:2]
+def test_noise_is_declared_and_seeded_per_sample(fixtures, small_images):
+    model = make_model(fixtures, test_samples=2).eval()
+    assert model.noise_shape(False) == (2, 72) and model.noise_shape(True) == (72,)
+    keys = [(0,), (1,), (2,)]
+    draws = method_noise(model, False, 0, keys)
+    assert draws.shape == (3, 2, 72)
+    assert torch.equal(method_noise(model, False, 0, keys), draws)  # a seeded run repeats exactly
+    assert torch.equal(method_noise(model, False, 0, keys[1:]), draws[1:])  # a shard draws what it draws in one run
+    assert not torch.equal(method_noise(model, False, 1, keys), draws)  # another seed, other draws
+    assert not torch.equal(draws[0], draws[1])  # every sample its own
+    masks, labels, pair = torch.zeros(2, 112, 112), torch.zeros(2), small_images[:2]
     runs = []
-    for _ in range(2):
-        model = make_model(fixtures, test_samples=2).eval()
-        with torch.no_grad():
-            runs.append((model.predict(pair), model.loss(pair, masks, labels)))
-    assert torch.equal(runs[0][0].image_scores, runs[1][0].image_scores)
-    assert torch.equal(runs[0][0].anomaly_maps, runs[1][0].anomaly_maps)
-    assert torch.equal(runs[0][1].total, runs[1][1].total)
     with torch.no_grad():
-        model.reset_generator()
-        again = model.predict(pair)  # restarting the generator repeats the run
-        assert torch.equal(again.image_scores, runs[0][0].image_scores)
-        assert not torch.equal(model.predict(pair).extras["vae_noise"], again.extras["vae_noise"])  # it moves on
-        other = make_model(fixtures, test_samples=2, seed=1).eval().predict(pair)
-        assert not torch.equal(other.extras["vae_noise"], again.extras["vae_noise"])
-        explicit = model.predict(pair, generator=torch.Generator().manual_seed(3))
-    expected = torch.randn(2, 72, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(explicit.extras["vae_noise"][0], expected)
+        for _ in range(2):  # without noise a method draws from torch's global generator, as dropout does
+            torch.manual_seed(3)
+            runs.append((model.predict(pair), model.loss(pair, masks, labels)))
+        assert torch.equal(runs[0][0].image_scores, runs[1][0].image_scores)
+        assert torch.equal(runs[0][1].total, runs[1][1].total)
+    torch.manual_seed(3)
+    assert torch.equal(runs[0][0].state.vae_noise, torch.randn(2, 2, 72))
 
 
 def test_wrong_noise_shape_is_refused(fixtures, small_images):

@@ -76,7 +76,9 @@ def test_batch_gives_the_same_per_image_results_as_single_images(backbone, batch
         torch.testing.assert_close(single.raw_maps[0], together.raw_maps[i], atol=1e-6, rtol=0)
         torch.testing.assert_close(single.anomaly_maps[0], together.anomaly_maps[i], atol=1e-6, rtol=0)
         for key in ("prior_bias", "text_dynamic_features", "patch_probs_dynamic"):
-            torch.testing.assert_close(single.extras[key][0], together.extras[key][i], atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                getattr(single.state, key)[0], getattr(together.state, key)[i], atol=1e-6, rtol=0
+            )
 
 
 def test_overridden_constants_shape_the_model(backbone, batch):
@@ -96,8 +98,8 @@ def test_overridden_constants_shape_the_model(backbone, batch):
     assert model.prompt.patch_meta_net.linear2.weight.shape == (width, 4 * dim // 8)
     with torch.no_grad():
         out = model.predict(batch[0][:2])
-    assert out.extras["text_dynamic_neg_raw"].shape == (2, 3, dim)
-    assert out.extras["selected_tokens"].shape == (2, 4, dim)
+    assert out.state.text_dynamic_neg_raw.shape == (2, 3, dim)
+    assert out.state.selected_tokens.shape == (2, 4, dim)
     assert out.anomaly_maps.shape == (2, SIZE, SIZE)
     torch.testing.assert_close(out.anomaly_maps, gaussian_blur(out.raw_maps, 2.0))
 
@@ -106,14 +108,14 @@ def test_prior_token_selection(backbone, batch):
     images = batch[0][:2]
     with torch.no_grad():
         tokens = F.normalize(backbone.encode_image(images, (-1,), 6).patch_features[0], dim=-1)[:, 1:]
-        first = make(backbone).eval().predict(images).extras
-        topk = make(backbone, prior_token_selection="topk").eval().predict(images).extras
-    torch.testing.assert_close(first["selected_tokens"], tokens[:, :10])
-    gathered = torch.stack([tokens[i, topk["topk_indices"][i]] for i in range(2)])
-    torch.testing.assert_close(topk["selected_tokens"], gathered)
-    probs = topk["patch_probs_static"][..., 1]
-    assert torch.equal(topk["topk_indices"], probs.topk(10, dim=1).indices)
-    assert not torch.allclose(first["prior_bias"], topk["prior_bias"])
+        first = make(backbone).eval().predict(images).state
+        topk = make(backbone, prior_token_selection="topk").eval().predict(images).state
+    torch.testing.assert_close(first.selected_tokens, tokens[:, :10])
+    gathered = torch.stack([tokens[i, topk.topk_indices[i]] for i in range(2)])
+    torch.testing.assert_close(topk.selected_tokens, gathered)
+    probs = topk.patch_probs_static[..., 1]
+    assert torch.equal(topk.topk_indices, probs.topk(10, dim=1).indices)
+    assert not torch.allclose(first.prior_bias, topk.prior_bias)
 
 
 def test_total_loss_uses_the_configured_weights_and_options(backbone, batch):
@@ -131,7 +133,7 @@ def test_total_loss_uses_the_configured_weights_and_options(backbone, batch):
     model = make(backbone, **overrides).train()
     losses = model.loss(images, masks, labels)
     terms = {k: v.detach() for k, v in losses.terms.items()}
-    extras = model.predict(images).extras
+    state = model.predict(images).state
     static = terms["focal_static"] + terms["dice_static_abnormal"] + terms["dice_static_normal"]
     dynamic = terms["focal_dynamic"] + terms["dice_dynamic_abnormal"] + terms["dice_dynamic_normal"]
     torch.testing.assert_close(terms["segmentation"], 0.7 * static + 0.2 * dynamic)
@@ -143,11 +145,9 @@ def test_total_loss_uses_the_configured_weights_and_options(backbone, batch):
         + 3.0 * terms["prior"]
     )
     torch.testing.assert_close(losses.total.detach(), expected)
-    per_image = prior_mse_per_normal_image(extras["prior_bias"].detach(), labels)
+    per_image = prior_mse_per_normal_image(state.prior_bias.detach(), labels)
     torch.testing.assert_close(terms["prior"], per_image.mean())
-    scores = 0.5 * (
-        extras["global_prob_dynamic"] + (2 * extras["map_max_score_static"] + extras["map_max_score_dynamic"]) / 3
-    )
+    scores = 0.5 * (state.global_prob_dynamic + (2 * state.map_max_score_static + state.map_max_score_dynamic) / 3)
     torch.testing.assert_close(terms["image_binary_focal"], binary_focal_loss(scores.detach(), labels))
 
 
@@ -155,13 +155,11 @@ def test_compat_loss_options(backbone, batch):
     images, masks, labels = batch
     model = make(backbone).train()
     losses = model.loss(images, masks, labels)
-    extras = model.predict(images).extras
-    scores = 0.5 * (
-        extras["global_prob_dynamic"] + (2 * extras["map_max_score_static"] + extras["map_max_score_dynamic"]) / 3
-    )
+    state = model.predict(images).state
+    scores = 0.5 * (state.global_prob_dynamic + (2 * state.map_max_score_static + state.map_max_score_dynamic) / 3)
     compat_focal = binary_focal_loss(scores.detach(), labels, logits=True)
     torch.testing.assert_close(losses.terms["image_binary_focal"].detach(), compat_focal)
-    per_image = prior_mse_per_normal_image(extras["prior_bias"].detach(), labels)
+    per_image = prior_mse_per_normal_image(state.prior_bias.detach(), labels)
     assert per_image.shape == (2,)
     torch.testing.assert_close(losses.terms["prior"].detach(), per_image.sum())
 
@@ -180,12 +178,12 @@ def test_backward_reaches_every_parameter_and_no_normal_image_is_fine(backbone, 
 def test_static_text_is_cached_in_eval_and_refreshed_when_prompts_change(backbone, batch):
     model = make(backbone).eval()
     with torch.no_grad():
-        first = model.predict(batch[0][:1]).extras["text_static_features"]
+        first = model.predict(batch[0][:1]).state.text_static_features
         cached = model._text_cache
         model.predict(batch[0][:1])
         assert model._text_cache is cached
         model.prompt.ctx_pos.add_(0.1)
-        changed = model.predict(batch[0][:1]).extras["text_static_features"]
+        changed = model.predict(batch[0][:1]).state.text_static_features
     assert not torch.allclose(first, changed)
 
 
@@ -202,9 +200,7 @@ def test_cached_text_runs_in_fp32_under_reduced_precision(backbone, batch):
             assert backbone.text.compute_dtype is torch.bfloat16  # restored after the cached computation
         finally:
             backbone.set_precision("fp32")
-    torch.testing.assert_close(
-        reduced.extras["text_static_features"], full.extras["text_static_features"], rtol=0, atol=0
-    )
+    torch.testing.assert_close(reduced.state.text_static_features, full.state.text_static_features, rtol=0, atol=0)
     assert not torch.equal(reduced.image_scores, full.image_scores)  # the image encoder did run in bf16
 
 

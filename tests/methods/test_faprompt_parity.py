@@ -64,7 +64,7 @@ def test_image_features(fixtures, inference):
     assert_close(pos, out["infer/visual_positional_embedding_resized"], atol=1e-7)
     assert_close(features.global_features, out["infer/image_features_raw"], atol=TOL_FEATURES, rtol=TOL_FEATURES)
     assert_close(features.patch_features[0], out["infer/patch_features_raw"], atol=TOL_FEATURES, rtol=TOL_FEATURES)
-    assert_close(inference["output"].extras["image_features"], out["infer/image_features"], atol=TOL_FEATURES)
+    assert_close(inference["output"].state.image_features, out["infer/image_features"], atol=TOL_FEATURES)
 
 
 def test_static_text(fixtures, inference):
@@ -72,22 +72,22 @@ def test_static_text(fixtures, inference):
     normal, abnormal = inference["static"]
     assert_close(normal, out["infer/text_static_pos_raw"], atol=TOL_FEATURES, rtol=TOL_FEATURES)
     assert_close(abnormal, out["infer/text_static_neg_raw"], atol=TOL_FEATURES, rtol=TOL_FEATURES)
-    extras = inference["output"].extras
-    assert_close(extras["text_static_features"], out["infer/text_static_features"], atol=TOL_FEATURES)
+    state = inference["output"].state
+    assert_close(state.text_static_features, out["infer/text_static_features"], atol=TOL_FEATURES)
 
 
 def test_prior_network_inputs_and_output(fixtures, inference):
-    out, extras = fixtures["out"], inference["output"].extras
-    assert torch.equal(extras["topk_indices"], torch.from_numpy(out["infer/topk_indices"]))
-    assert_close(extras["selected_tokens"], out["infer/selected_tokens"], atol=TOL_FEATURES)
-    assert_close(extras["prior_bias"], out["infer/prior_bias"], atol=TOL_FEATURES, rtol=TOL_FEATURES)
+    out, state = fixtures["out"], inference["output"].state
+    assert torch.equal(state.topk_indices, torch.from_numpy(out["infer/topk_indices"]))
+    assert_close(state.selected_tokens, out["infer/selected_tokens"], atol=TOL_FEATURES)
+    assert_close(state.prior_bias, out["infer/prior_bias"], atol=TOL_FEATURES, rtol=TOL_FEATURES)
 
 
 def test_dynamic_text(fixtures, inference):
-    out, extras = fixtures["out"], inference["output"].extras
+    out, state = fixtures["out"], inference["output"].state
     for key in ("text_dynamic_pos_raw", "text_dynamic_neg_raw"):
-        assert_close(extras[key], out[f"infer/{key}"], atol=TOL_FEATURES, rtol=TOL_FEATURES, err_msg=key)
-    assert_close(extras["text_dynamic_features"], out["infer/text_dynamic_features"], atol=TOL_FEATURES)
+        assert_close(getattr(state, key), out[f"infer/{key}"], atol=TOL_FEATURES, rtol=TOL_FEATURES, err_msg=key)
+    assert_close(state.text_dynamic_features, out["infer/text_dynamic_features"], atol=TOL_FEATURES)
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_dynamic_text(fixtures, inference):
     ],
 )
 def test_probabilities(fixtures, inference, key):
-    assert_close(inference["output"].extras[key], fixtures["out"][f"infer/{key}"], atol=ATOL_MAPS)
+    assert_close(getattr(inference["output"].state, key), fixtures["out"][f"infer/{key}"], atol=ATOL_MAPS)
 
 
 def test_maps_and_scores(fixtures, inference):
@@ -117,7 +117,7 @@ def test_batch_of_one_equals_batch(fixtures, inference):
         single = model.predict(images_of(fixtures)[1:2])
     assert_close(single.image_scores[0], batch.image_scores[1].numpy(), atol=1e-6)
     assert_close(single.anomaly_maps[0], batch.anomaly_maps[1].numpy(), atol=1e-6)
-    assert_close(single.extras["prior_bias"][0], batch.extras["prior_bias"][1].numpy(), atol=1e-6)
+    assert_close(single.state.prior_bias[0], batch.state.prior_bias[1].numpy(), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def training_step(fixtures):
     grads, params = adam_step(model, losses.total)
     # The training-mode forward (fresh text, autograd on) with the initial parameters, for the train/* keys.
     model.load_official_state_dict(fixtures["prompt_init"])
-    forward = model.predict(images).extras
+    forward = model.predict(images).state
     return {"losses": losses, "grads": grads, "params": params, "forward": forward, "labels": labels}
 
 
@@ -146,14 +146,14 @@ def training_step(fixtures):
     ],
 )
 def test_training_forward(fixtures, training_step, key):
-    assert_close(training_step["forward"][key], fixtures["out"][f"train/{key}"], atol=TOL_FEATURES, rtol=TOL_FEATURES)
+    assert_close(
+        getattr(training_step["forward"], key), fixtures["out"][f"train/{key}"], atol=TOL_FEATURES, rtol=TOL_FEATURES
+    )
 
 
 def test_training_score_fed_to_the_focal_loss(fixtures, training_step):
-    extras = training_step["forward"]
-    score = 0.5 * (
-        extras["global_prob_dynamic"] + (2 * extras["map_max_score_static"] + extras["map_max_score_dynamic"]) / 3
-    )
+    state = training_step["forward"]
+    score = 0.5 * (state.global_prob_dynamic + (2 * state.map_max_score_static + state.map_max_score_dynamic) / 3)
     assert_close(score, fixtures["out"]["train/score2"], atol=ATOL_MAPS)
 
 
@@ -179,7 +179,7 @@ def test_loss_terms(fixtures, training_step, term):
 
 
 def test_prior_loss_per_normal_image(fixtures, training_step):
-    per_image = prior_mse_per_normal_image(training_step["forward"]["prior_bias"], training_step["labels"])
+    per_image = prior_mse_per_normal_image(training_step["forward"].prior_bias, training_step["labels"])
     assert_close(per_image, fixtures["out"]["loss/prior_mse_per_normal_image"], atol=TOL_FEATURES, rtol=TOL_FEATURES)
 
 
