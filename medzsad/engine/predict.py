@@ -148,7 +148,8 @@ class Predictor:
         self.rows: list[list] = []
         self.index_rows: list[list[str]] = []
         self._live = live_tables(self.output_dir, (SCORES_HEADER, INDEX_HEADER))
-        self.stop_on_error = False  # raise the first unreadable input instead of skipping it
+        self.stop_on_error = False  # stop at the first unreadable input instead of skipping it
+        self.stopped: DataError | None = None  # that input's error, raised once the inputs before it are written
         self.skipped: list[tuple[str, str]] = []  # (pseudonymous id, problem) of each skipped input
         self._pending: deque[_Pending] = deque()
 
@@ -158,6 +159,8 @@ class Predictor:
         batches = self._batches(paths, first, summary, report)
         for batch in predict_batches(self.method, batches, self.device, self.seed):
             self._write(batch, self._pending.popleft())
+        if self.stopped is not None:
+            raise self.stopped
 
     # -- reading: keyed batches for the loop -------------------------------------------------------
     def _batches(
@@ -175,6 +178,8 @@ class Predictor:
                 samples = samples_from_file(path, self.transform)
             except (DataError, MemoryError) as exc:
                 self._skip(_as_data_error(exc, path), path, summary, report)
+                if self.stopped is not None:
+                    break  # the images read before it are still scored and written
                 continue
             summary.images += len(samples)
             images.extend((sample, (position, frame), path) for frame, sample in enumerate(samples))
@@ -254,7 +259,8 @@ class Predictor:
     def _skip(self, error: DataError, path: Path, summary: PredictSummary, report: Callable[[str], None]) -> None:
         """One line for an unreadable input, listed for ``skipped.csv``; or, in stop mode, the error."""
         if self.stop_on_error:
-            raise error
+            self.stopped = error
+            return
         summary.failures.append(str(error))
         self.skipped.append((pseudonymous_id(str(path.resolve())), pathless(error.problem)))
         report(f"skipped: {error}")

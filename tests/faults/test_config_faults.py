@@ -65,7 +65,7 @@ def test_output_folder_that_is_a_file(images, tmp_path, cli):
 def test_eval_output_dir_that_is_a_file(tmp_path, cli):
     target = tmp_path / "results.txt"
     target.write_text("keep")
-    code, _, err = cli("test", *TINY, "data.test=[x]", f"eval.output_dir={target}")
+    code, _, err = cli("test", *TINY, f"data.test=[{tmp_path}]", f"eval.output_dir={target}")
     assert code == 2 and "eval.output_dir" in one_error_line(err)
     assert target.read_text() == "keep"
 
@@ -133,7 +133,7 @@ def test_read_only_output_location_is_refused_before_any_work(images, read_only_
 
 
 def test_read_only_eval_output_dir_is_refused_before_any_work(read_only_dir, cli):
-    code, _, err = cli("test", *TINY, "data.test=[x]", f"eval.output_dir={read_only_dir}")
+    code, _, err = cli("test", *TINY, f"data.test=[{read_only_dir}]", f"eval.output_dir={read_only_dir}")
     assert code == 2 and "eval.output_dir" in one_error_line(err)
 
 
