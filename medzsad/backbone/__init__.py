@@ -1,22 +1,21 @@
 """The shared frozen CLIP backbone: loading, the DPAM image encoder and the promptable text encoder."""
 
-from medzsad.backbone.clip import CLIP_MEAN, CLIP_STD, BackboneConfig, ClipBackbone, default_device
-from medzsad.backbone.loading import TINY_MODEL_CONFIGS, LoadedClip, WeightsUnavailableError, load_clip
-from medzsad.backbone.text import PromptableTextEncoder
-from medzsad.backbone.visual import DualPathVisionEncoder, VisualFeatures, resize_positional_embedding
+from medzsad.utils.lazy import lazy_exports
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "TINY_MODEL_CONFIGS",
-    "BackboneConfig",
-    "ClipBackbone",
-    "DualPathVisionEncoder",
-    "LoadedClip",
-    "PromptableTextEncoder",
-    "VisualFeatures",
-    "WeightsUnavailableError",
-    "default_device",
-    "load_clip",
-    "resize_positional_embedding",
-]
+# Imported on first use, so importing one submodule (or the CLI) does not load torch.
+_EXPORTS = {
+    "BackboneConfig": "config",
+    "ClipBackbone": "clip",
+    "default_device": "clip",
+    "TINY_MODEL_CONFIGS": "loading",
+    "LoadedClip": "loading",
+    "WeightsUnavailableError": "loading",
+    "load_clip": "loading",
+    "PromptableTextEncoder": "text",
+    "DualPathVisionEncoder": "visual",
+    "VisualFeatures": "visual",
+    "resize_positional_embedding": "visual",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from medzsad.backbone.config import BackboneConfig
 from medzsad.backbone.loading import LoadedClip, clip_tokenizer, load_clip
 from medzsad.backbone.text import PromptableTextEncoder
 from medzsad.backbone.visual import DualPathVisionEncoder, VisualFeatures
@@ -17,27 +17,6 @@ from medzsad.backbone.visual import DualPathVisionEncoder, VisualFeatures
 # OpenAI CLIP normalisation, used by every method of the AnomalyCLIP lineage.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass
-class BackboneConfig:
-    """Which CLIP to build and how to run its image side.
-
-    Attributes:
-        model_name: open_clip architecture, default the OpenAI ViT-L/14 at 336 px.
-        pretrained: open_clip pretrained tag; ``None`` for random weights (tests, smoke runs).
-        weights_path: local weight file, overrides ``pretrained``.
-        offline: never use the network; fail fast when weights are not cached.
-        image_size: side of the square model input in pixels (518 in all three papers).
-        seed: seed for random weights.
-    """
-
-    model_name: str = "ViT-L-14-336"
-    pretrained: str | None = "openai"
-    weights_path: str | None = None
-    offline: bool = False
-    image_size: int = 518
-    seed: int = 0
 
 
 class ClipBackbone(nn.Module):

@@ -27,6 +27,8 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict
 from open_clip.tokenizer import SimpleTokenizer
 
+from medzsad.backbone.network import hub_endpoint, unreachable_reason
+
 
 class WeightsUnavailableError(RuntimeError):
     """The backbone weights cannot be obtained (offline, missing file, unreadable file)."""
@@ -48,9 +50,9 @@ TINY_MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 _OFFLINE_HINT = (
-    "Pass a local weights file instead (config key backbone.weights_path, CLI --backbone.weights_path), "
-    "e.g. the OpenAI archive ViT-L-14-336px.pt or an open_clip checkpoint, or run once with network "
-    "access so open_clip caches the download."
+    "Pass a local weights file instead: backbone.weights_path=/models/ViT-L-14-336px.pt (the OpenAI archive "
+    "or an open_clip checkpoint); set backbone.offline=true to never try the network; or run once with "
+    "network access so open_clip caches the download. To try the commands without weights: backbone=tiny."
 )
 
 
@@ -219,12 +221,20 @@ def _load_from_hub(model_name: str, pretrained: str, offline: bool) -> tuple[CLI
         raise WeightsUnavailableError(
             f"offline mode: weights {model_name}/{pretrained} are not in the local cache. {_OFFLINE_HINT}"
         )
-    try:
-        path = Path(open_clip.download_pretrained(open_clip.get_pretrained_cfg(model_name, pretrained)))
-    except Exception as exc:
+    pretrained_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    endpoint = hub_endpoint(pretrained_cfg)
+    reason = unreachable_reason(endpoint)  # one quick probe instead of a minute of retries
+    if reason is not None:
         raise WeightsUnavailableError(
-            f"could not download {model_name}/{pretrained} ({exc.__class__.__name__}: {str(exc)[:200]}). "
+            f"weights {model_name}/{pretrained} are not cached and {endpoint} cannot be reached ({reason}). "
             f"{_OFFLINE_HINT}"
+        )
+    try:
+        path = Path(open_clip.download_pretrained(pretrained_cfg))
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise WeightsUnavailableError(
+            f"could not download {model_name}/{pretrained} ({exc.__class__.__name__}: {first_line}). {_OFFLINE_HINT}"
         ) from None
     return _load_from_file(model_name, path, quick_gelu)
 

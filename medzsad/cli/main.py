@@ -28,80 +28,130 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from medzsad.backbone.loading import WeightsUnavailableError
-    from medzsad.data.errors import DataError
-    from medzsad.engine.checkpoints import CheckpointError
-    from medzsad.engine.config import ConfigError
-    from medzsad.engine.train import TrainingError
+    """The exception types printed as one line. Only modules already imported can have raised one, so
+    the others are not imported here (a config error must not wait for torch to load)."""
+    found: list[type[BaseException]] = [UserError]
+    for module_name, name in _USER_ERROR_TYPES:
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.append(getattr(module, name))
+    return tuple(found)
 
+
+_USER_ERROR_TYPES = (
+    ("medzsad.engine.config", "ConfigError"),
+    ("medzsad.engine.checkpoints", "CheckpointError"),
+    ("medzsad.backbone.loading", "WeightsUnavailableError"),
+    ("medzsad.data.errors", "DataError"),
+    ("medzsad.engine.train", "TrainingError"),
     # A PHIError can only come from a loaded guard: importing tracking just to name it would slow every error.
-    phi = sys.modules.get("medzsad.tracking.phi")
-    extra = (phi.PHIError,) if phi is not None else ()
-    return (UserError, ConfigError, CheckpointError, WeightsUnavailableError, DataError, TrainingError, *extra)
+    ("medzsad.tracking.phi", "PHIError"),
+)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", help="YAML config file (see configs/)")
+    parser.add_argument("--config", "-c", metavar="FILE.yaml", help="YAML config file (see configs/)")
     parser.add_argument(
-        "overrides", nargs="*", default=[], metavar="key=value", help="config overrides, e.g. train.epochs=3"
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="key=value",
+        help="config overrides applied after the file, e.g. train.epochs=3 backbone=tiny",
+    )
+
+
+def _command(commands: argparse._SubParsersAction, name: str, summary: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows ``text`` as written (required keys, outputs, examples)."""
+    return commands.add_parser(
+        name, help=summary, description=text, formatter_class=argparse.RawDescriptionHelpFormatter
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medzsad.cli import helptext
+
     parser = argparse.ArgumentParser(
         prog="medzsad",
         description="Zero-shot anomaly detection for medical images with prompt-learned CLIP.",
+        epilog="`medzsad COMMAND --help` lists a command's required keys, outputs and examples.\n"
+        + helptext.CONFIG_NOTE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"medzsad {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
-    predict = commands.add_parser("predict", help="anomaly maps, overlays and scores for images or scans")
-    predict.add_argument("--input", "-i", action="append", required=True, help="image file, folder or scan")
+    predict = _command(commands, "predict", "anomaly maps, overlays and scores for images or scans", helptext.PREDICT)
+    predict.add_argument(
+        "--input", "-i", action="append", required=True, metavar="PATH", help="image, folder or scan (repeatable)"
+    )
     predict.add_argument("--output", "-o", default="predictions", help="output folder (default: predictions)")
     _add_config_arguments(predict)
 
-    test = commands.add_parser("test", help="zero-shot evaluation on target datasets")
+    test = _command(commands, "test", "zero-shot evaluation on target datasets", helptext.TEST)
     _add_config_arguments(test)
 
-    train = commands.add_parser("train", help="learn prompts on auxiliary data")
+    calibrate = _command(
+        commands, "calibrate", "decision thresholds from reference scans (docs/decisions.md)", helptext.CALIBRATE
+    )
+    _add_config_arguments(calibrate)
+
+    train = _command(commands, "train", "learn prompts on auxiliary data", helptext.TRAIN)
     _add_config_arguments(train)
 
-    finetune = commands.add_parser("finetune", help="continue training a checkpoint on (medical) data")
+    finetune = _command(commands, "finetune", "continue training a checkpoint on (medical) data", helptext.FINETUNE)
     _add_config_arguments(finetune)
 
-    table = commands.add_parser("table", help="several methods x several datasets into one table")
+    table = _command(commands, "table", "several methods x several datasets into one table", helptext.TABLE)
     table.add_argument(
         "--run",
         action="append",
         required=True,
         metavar="NAME=CONFIG.yaml",
-        help="a method column: a label and the config (method + checkpoint) to evaluate",
+        help="a method column: a label and the config (method + checkpoint) to evaluate (repeatable)",
     )
     _add_config_arguments(table)
 
-    demo = commands.add_parser("demo", help="self-contained smoke run on generated data (random weights)")
-    demo.add_argument("--workdir", default="medzsad-demo", help="folder for the generated data and outputs")
-    demo.add_argument("--steps", type=int, default=4, help="training steps per epoch")
+    demo = _command(commands, "demo", "self-contained smoke run on generated data (random weights)", helptext.DEMO)
+    demo.add_argument(
+        "--workdir", default="medzsad-demo", help="folder for the data and outputs (default: %(default)s)"
+    )
+    demo.add_argument("--steps", type=int, default=4, help="training steps per epoch (default: %(default)s)")
     demo.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
 
-    prepare = commands.add_parser("prepare", help="build a meta.json manifest from a dataset's raw layout")
-    prepare.add_argument("dataset", help="dataset name (see `medzsad prepare --list`) or 'list'")
-    prepare.add_argument("raw", nargs="?", help="the dataset's raw download folder")
-    prepare.add_argument("out", nargs="?", help="where to write meta.json (default: RAW/meta.json)")
+    prepare = _command(commands, "prepare", "build a meta.json manifest from a dataset's raw layout", helptext.PREPARE)
+    prepare.add_argument("--list", action="store_true", help="list the datasets and their expected layouts")
+    prepare.add_argument("--strict", action="store_true", help="refuse anomalous images without a mask")
     prepare.add_argument(
-        "options", nargs="*", default=[], metavar="key=value", help="e.g. category=brain (folder, volumes)"
+        "args",
+        nargs="*",
+        metavar="DATASET RAW [OUT] [category=NAME]",
+        help="dataset name (or 'list'), raw folder, manifest path, options",
     )
 
-    ui = commands.add_parser("ui", help="start the MLflow UI on the local store (loopback only)")
+    ui = _command(commands, "ui", "start the MLflow UI on the local store (loopback only)", helptext.UI)
     ui.add_argument("--store", default=".", help="folder holding mlflow.db and mlartifacts (default: .)")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server to start")
+    ui.add_argument("--port", type=int, default=5000, help="TCP port (default: %(default)s)")
+    ui.add_argument(
+        "--start-timeout",
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the server to answer; 0 waits as long as it runs (default: %(default)s)",
+    )
 
-    tracking = commands.add_parser("tracking", help="tracking utilities")
+    tracking = commands.add_parser("tracking", help="tracking utilities (upload a spool)")
     tracking_commands = tracking.add_subparsers(dest="tracking_command", required=True, metavar="action")
-    upload = tracking_commands.add_parser("upload", help="upload results spooled while MLflow was unreachable")
-    upload.add_argument("spool", help="spool folder printed by the run that could not log")
+    upload = _command(
+        tracking_commands, "upload", "upload results spooled while MLflow was unreachable", helptext.TRACKING_UPLOAD
+    )
+    upload.add_argument("spool", metavar="SPOOL", help="spool folder printed by the run that could not log")
     _add_config_arguments(upload)
+
+    config = commands.add_parser("config", help="show the resolved configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="action")
+    show = _command(config_commands, "show", "print the resolved configuration and its sources", helptext.CONFIG_SHOW)
+    _add_config_arguments(show)
     return parser
 
 

@@ -3,61 +3,48 @@
 This package never imports a model. See docs/data.md for conventions (orientation, intensity, PHI).
 """
 
-from medzsad.data.datasets import FolderDataset, ManifestDataset
-from medzsad.data.errors import DataError, MissingDecoderError, NotAnImageError
-from medzsad.data.ids import clean_meta, pseudonymous_id
-from medzsad.data.manifest import Manifest, Record, pair_masks_by_name, read_manifest, write_manifest
-from medzsad.data.prepare import PREPARERS
-from medzsad.data.readers import ImageData, read_frames, read_image, read_mask
-from medzsad.data.records import Batch, Sample, collate_samples
-from medzsad.data.transforms import (
-    ClipImageTransform,
-    ClipMaskTransform,
-    Intensity,
-    clip_image_transform,
-    clip_mask_transform,
-    map_to_original,
-)
-from medzsad.data.volumes import (
-    Volume,
-    read_volume,
-    reassemble,
-    volume_samples,
-    write_dicom_seg,
-    write_nifti,
-)
+from medzsad.utils.lazy import lazy_exports
 
-__all__ = [
-    "PREPARERS",
-    "Batch",
-    "ClipImageTransform",
-    "ClipMaskTransform",
-    "DataError",
-    "FolderDataset",
-    "ImageData",
-    "Intensity",
-    "Manifest",
-    "ManifestDataset",
-    "MissingDecoderError",
-    "NotAnImageError",
-    "Record",
-    "Sample",
-    "Volume",
-    "clean_meta",
-    "clip_image_transform",
-    "clip_mask_transform",
-    "collate_samples",
-    "map_to_original",
-    "pair_masks_by_name",
-    "pseudonymous_id",
-    "read_frames",
-    "read_image",
-    "read_manifest",
-    "read_mask",
-    "read_volume",
-    "reassemble",
-    "volume_samples",
-    "write_dicom_seg",
-    "write_manifest",
-    "write_nifti",
-]
+# Imported on first use, so importing one submodule (or the CLI) does not load torch.
+_EXPORTS = {
+    "FolderDataset": "datasets",
+    "ManifestDataset": "datasets",
+    "DataError": "errors",
+    "DicomPixelReader": "monai_io",
+    "SampleBuilder": "samples",
+    "SeriesSelection": "study",
+    "Study": "study",
+    "scan_inputs": "study",
+    "MissingDecoderError": "errors",
+    "NotAnImageError": "errors",
+    "clean_meta": "ids",
+    "pseudonymous_id": "ids",
+    "Manifest": "manifest",
+    "Record": "manifest",
+    "pair_masks_by_name": "manifest",
+    "read_manifest": "manifest",
+    "write_manifest": "manifest",
+    "PREPARERS": "prepare",
+    "ImageData": "readers",
+    "read_frames": "readers",
+    "read_image": "readers",
+    "read_mask": "readers",
+    "Batch": "records",
+    "Sample": "records",
+    "collate_samples": "records",
+    "ClipImageTransform": "transforms",
+    "ClipMaskTransform": "transforms",
+    "Intensity": "transforms",
+    "clip_image_transform": "transforms",
+    "clip_mask_transform": "transforms",
+    "map_to_original": "transforms",
+    "Volume": "volumes",
+    "read_volume": "volumes",
+    "reassemble": "volumes",
+    "volume_samples": "volumes",
+    "write_dicom_seg": "dicom",
+    "write_nifti": "volumes",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

@@ -9,9 +9,8 @@ the dataset root, so moving a dataset keeps its ids).
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,21 +19,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medzsad.data.errors import DataError
+from medzsad.data.errors import DataError, first_line
 from medzsad.data.ids import clean_meta, pseudonymous_id
 from medzsad.data.manifest import Manifest, Record, read_manifest
-from medzsad.data.readers import (
-    VOLUME_SUFFIXES,
-    _dcmread,
-    _first_line,
-    is_dicom_file,
-    iter_image_files,
-    read_image,
-    read_mask,
-)
+from medzsad.data.readers import read_image, read_mask
 from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Sample
-from medzsad.data.transforms import ClipImageTransform, ClipMaskTransform, Intensity, map_to_original
+from medzsad.data.samples import SampleBuilder, slice_identity
+from medzsad.data.study import Item, SeriesSelection, Skipped, Study, scan_inputs
+from medzsad.data.transforms import ClipImageTransform, Intensity, map_to_original
 from medzsad.data.volumes import (
+    AXES,
     Volume,
     axis_index,
     check_same_grid,
@@ -54,7 +48,7 @@ def _wrap_errors(path: Path, action: Callable[[], Any]) -> Any:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(path, f"cannot read ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise DataError(path, f"cannot read ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 class _VolumeCache:
@@ -76,31 +70,30 @@ class _VolumeCache:
         return volume
 
 
-class _SampleMaker:
-    """Shared image/mask transform logic of the datasets."""
+def _builder(
+    transform: ClipImageTransform | None,
+    image_size: int,
+    pad_to_square: bool,
+    intensity: Intensity | None,
+    salt: str | bytes | None,
+    user_transforms: Sequence[Any],
+) -> SampleBuilder:
+    transform = transform or ClipImageTransform(image_size, pad_to_square=pad_to_square, intensity=intensity)
+    return SampleBuilder(transform, user_transforms, salt)
 
-    def __init__(
-        self,
-        transform: ClipImageTransform | None,
-        image_size: int,
-        pad_to_square: bool,
-        intensity: Intensity | None,
-        salt: str | bytes | None,
-    ) -> None:
-        self.transform = transform or ClipImageTransform(image_size, pad_to_square=pad_to_square, intensity=intensity)
-        self.mask_transform = ClipMaskTransform(self.transform.image_size, pad_to_square=self.transform.pad_to_square)
-        self.salt = salt
+
+class _Ranges:
+    """Intensity range fitted once per volume, so all its slices share one scale."""
+
+    def __init__(self, builder: SampleBuilder) -> None:
+        self.builder = builder
         self._ranges: dict[str, tuple[float, float] | None] = {}
 
-    def volume_range(self, key: str, volume: Volume) -> tuple[float, float] | None:
-        """Intensity range fitted once per volume, so all its slices share one scale."""
+    def get(self, key: str, volume: Volume) -> tuple[float, float] | None:
         if key not in self._ranges:
-            official = self.transform.intensity.is_official_8bit(volume.array)
-            self._ranges[key] = None if official else self.transform.intensity.fit(volume.array, volume.modality)
+            body_part = volume.meta.get("body_part")
+            self._ranges[key] = self.builder.volume_range(volume.array, volume.modality, body_part)
         return self._ranges[key]
-
-    def intensity_meta(self, modality: str | None, dtype: np.dtype) -> str:
-        return self.transform.intensity.describe(modality, dtype)
 
 
 class ManifestDataset(Dataset):
@@ -132,6 +125,7 @@ class ManifestDataset(Dataset):
         pad_to_square: bool = False,
         intensity: Intensity | None = None,
         salt: str | bytes | None = None,
+        user_transforms: Sequence[Any] = (),
     ) -> None:
         if not isinstance(manifest, Manifest):
             manifest = read_manifest(manifest, root)
@@ -141,12 +135,13 @@ class ManifestDataset(Dataset):
         self.split = split
         self.records: list[Record] = list(manifest.records(split, categories))
         self._with_masks = {r.cls_name for r in self.records if r.mask_path}
-        self._maker = _SampleMaker(transform, image_size, pad_to_square, intensity, salt)
+        self.builder = _builder(transform, image_size, pad_to_square, intensity, salt, user_transforms)
+        self._ranges = _Ranges(self.builder)
         self._volumes = _VolumeCache()
 
     @property
     def transform(self) -> ClipImageTransform:
-        return self._maker.transform
+        return self.builder.transform
 
     def __len__(self) -> int:
         return len(self.records)
@@ -159,7 +154,7 @@ class ManifestDataset(Dataset):
         return category in self._with_masks
 
     def source_files(self) -> list[Path]:
-        """Every image and mask file of the split; :func:`~medzsad.data.ids.dataset_identifiers` reads their headers."""
+        """Every image and mask file of the split (for :func:`~medzsad.data.dicom.dataset_identifiers`)."""
         rels = dict.fromkeys(rel for r in self.records for rel in (r.img_path, r.mask_path) if rel)
         return [self.manifest.resolve(rel) for rel in rels]
 
@@ -186,41 +181,41 @@ class ManifestDataset(Dataset):
             if record.frame_index is not None and meta.get("source_format") != "dicom":
                 identity += f"#frame{record.frame_index}"
             size = data.size
-        tensor = self._maker.transform(np.ascontiguousarray(image), modality=modality, value_range=value_range)
-        meta = {**meta, "intensity": self._maker.intensity_meta(modality, image.dtype)}
-        return Sample(
-            image=tensor,
+        return self.builder.sample(
+            np.ascontiguousarray(image),
+            identity=identity,
+            id_prefix=f"{record.cls_name}|",
+            modality=modality,
+            meta=meta,
+            value_range=value_range,
             mask=self._mask(record, size),
             label=LABEL_ABNORMAL if record.anomaly else LABEL_NORMAL,
             category=record.cls_name,
-            sample_id=pseudonymous_id(f"{record.cls_name}|{identity}", salt=self._maker.salt),
             specie=record.specie_name,
-            original_size=size,
             slice_index=record.slice_index if record.slice_index is not None else record.frame_index,
             volume_id=self._volume_id(record),
-            meta=meta,
         )
 
     def _volume_id(self, record: Record) -> str | None:
         if record.slice_index is None:
             return None
-        return pseudonymous_id(f"{record.cls_name}|{record.img_path}", salt=self._maker.salt)
+        return pseudonymous_id(f"{record.cls_name}|{record.img_path}", salt=self.builder.salt)
 
     def _volume_slice(self, record: Record, path: Path) -> tuple[Any, ...]:
         volume = self._volumes.get(path, image=True)
         axis = record.slice_axis or "axial"
         index = int(record.slice_index or 0)
         image = _wrap_errors(path, lambda: volume.slice(axis, index))
-        value_range = self._maker.volume_range(str(path), volume)
+        value_range = self._ranges.get(str(path), volume)
         meta = clean_meta({**volume.meta, "slice_axis": axis})
-        identity = f"{record.img_path}#{axis}{index}"
+        identity = slice_identity(record.img_path, axis, index)
         return image, volume.modality, meta, identity, value_range, (int(image.shape[0]), int(image.shape[1]))
 
     def _mask(self, record: Record, size: tuple[int, int]) -> torch.Tensor | None:
         if record.cls_name not in self._with_masks:
             return None
         if record.anomaly == 0 and not record.mask_path:
-            return self._maker.mask_transform(np.zeros(size, dtype=bool))
+            return self.builder.mask_transform(np.zeros(size, dtype=bool))
         if not record.mask_path:
             return None
         path = self.manifest.resolve(record.mask_path)
@@ -235,7 +230,7 @@ class ManifestDataset(Dataset):
             mask = _wrap_errors(path, lambda: read_mask(path, record.frame_index))
         if mask.shape != tuple(size):
             raise DataError(path, f"mask size {mask.shape} differs from the image size {tuple(size)}")
-        return self._maker.mask_transform(mask)
+        return self.builder.mask_transform(mask)
 
 
 # -------------------------------------------------------------------------------------- folder dataset
@@ -243,29 +238,33 @@ class ManifestDataset(Dataset):
 
 @dataclass(frozen=True)
 class _Entry:
-    kind: str  # "image" (a 2-D file), "frame" (of a multi-frame DICOM), "slice" (of a volume)
-    source: str  # file path, or volume key
-    index: int | None = None
+    item: int  # index into study.items
+    index: int | None = None  # frame of an image item, slice of a volume item
 
 
 class FolderDataset(Dataset):
-    """Every image and scan under a folder, for prediction on a user's own data (labels unknown).
+    """Every image and scan under folders, files or DICOMDIRs, for prediction on a user's own data
+    (labels unknown). ``predict`` uses the same class, so both commands see the same samples.
 
-    2-D files (PNG, JPEG, TIFF, BMP, single-frame DICOM) give one sample each; multi-frame DICOM one per
-    frame; NIfTI/NRRD/MHA volumes and DICOM series (files sharing a Series UID, at least
-    ``min_series_slices`` of them) one per slice along ``axis``. Volume slices carry ``volume_id`` and
-    ``slice_index``; :meth:`reassemble` puts their maps back into the scan's geometry.
+    Items come from the study grouper (:func:`medzsad.data.study.scan_inputs`): each DICOM series and
+    grey multi-frame file is a volume, NIfTI/NRRD/MHA files too; volumes give one sample per slice
+    along ``axis`` (``"native"``: as acquired), carrying ``volume_id`` and ``slice_index``;
+    :meth:`reassemble` puts their maps back into the scan's geometry. Other images give one sample
+    per frame. Skipped objects (localizers, SEG/RT/SR, secondary captures, unselected series) are in
+    :attr:`skipped` with their reasons.
 
     Args:
-        root: the folder (searched recursively) or a single file.
+        root: a folder (searched recursively), a file, a DICOMDIR, or a list of them.
         category: ``cls_name`` given to every sample (used for prompts/metrics grouping).
         label: label given to every sample (default -1, unknown).
-        axis: slicing axis for volumes.
+        axis: slicing axis for volumes: ``"native"``, ``"axial"``, ``"coronal"``, ``"sagittal"`` or 0-2.
+        selection: which DICOM series to keep (:class:`~medzsad.data.study.SeriesSelection`).
+        user_transforms: MONAI dictionary transforms run before the CLIP transform.
     """
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | Sequence[str | Path],
         *,
         category: str = "",
         label: int = LABEL_UNKNOWN,
@@ -276,153 +275,136 @@ class FolderDataset(Dataset):
         intensity: Intensity | None = None,
         salt: str | bytes | None = None,
         min_series_slices: int = 2,
+        selection: SeriesSelection | None = None,
+        user_transforms: Sequence[Any] = (),
     ) -> None:
-        self.root = Path(root)
-        if not self.root.exists():
-            raise DataError(self.root, "folder not found")
+        roots = [Path(root)] if isinstance(root, str | Path) else [Path(r) for r in root]
+        for path in roots:
+            if not path.exists():
+                raise DataError(path, "folder not found")
+        self.root = roots[0]
         self.category = category
         self.label = label
-        self.axis = axis_index(axis)
-        self._maker = _SampleMaker(transform, image_size, pad_to_square, intensity, salt)
+        self.axis = axis if axis == "native" else AXES_BY_INDEX[_axis(axis)]
+        self.builder = _builder(transform, image_size, pad_to_square, intensity, salt, user_transforms)
+        self._ranges = _Ranges(self.builder)
         self._volumes = _VolumeCache()
-        self._series: dict[str, tuple[Path, ...]] = {}
-        self._volume_ids: dict[str, str] = {}
-        self.entries: list[_Entry] = self._index(min_series_slices)
+        self._flat: set[int] = set()
+        self._failed: set[int] = set()
+        self.study: Study = scan_inputs(roots, selection, min_series_files=min_series_slices, salt=salt)
+        self.entries: list[_Entry] = []
+        for position, item in enumerate(self.study.items):
+            try:
+                self.entries += self._entries(position, item)
+            except DataError as exc:  # an unreadable scan is reported, the others are still scored
+                self.study.skipped.append(Skipped(item.source, exc.problem))
+                self._failed.add(position)
+        self.study.items = [item for i, item in enumerate(self.study.items) if i not in self._failed]
+        self._reindex()
 
     @property
     def transform(self) -> ClipImageTransform:
-        return self._maker.transform
+        return self.builder.transform
+
+    @property
+    def skipped(self) -> list:
+        """Objects not scored, each with its reason (:class:`~medzsad.data.study.Skipped`)."""
+        return self.study.skipped
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _index(self, min_series_slices: int) -> list[_Entry]:
-        files = [self.root] if self.root.is_file() else self._files()
-        entries: list[_Entry] = []
-        dicom: list[Path] = []
-        for path in files:
-            name = path.name.lower()
-            if name.endswith(VOLUME_SUFFIXES):
-                depth = _wrap_errors(path, lambda p=path: volume_header(p))[self.axis]
-                entries += [_Entry("slice", str(path), k) for k in range(depth)]
-            elif is_dicom_file(path):
-                dicom.append(path)
-            else:
-                entries.append(_Entry("image", str(path)))
-        entries += self._index_dicom(dicom, min_series_slices)
-        return entries
+    def _entries(self, position: int, item: Item) -> list[_Entry]:
+        if item.kind == "image":
+            return [_Entry(position, i if item.frames > 1 else None) for i in range(item.frames)]
+        if item.kind == "volume_file":
+            path = item.files[0]
+            shape, native = _wrap_errors(path, lambda: volume_header(path, native=True))
+            if min(shape) == 1:  # a single slice stored as a volume: one 2-D image
+                self._flat.add(position)
+                return [_Entry(position, None)]
+            depth = shape[native if self.axis == "native" else _axis(self.axis)]
+        else:
+            volume = self.load_volume(item)
+            depth = volume.array.shape[volume.resolve_axis(self.axis)]
+        return [_Entry(position, k) for k in range(depth)]
 
-    def _files(self) -> list[Path]:
-        files = set(iter_image_files(self.root))
-        files |= {
-            p
-            for p in self.root.rglob("*")
-            if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES) and not p.name.startswith(".")
-        }
-        return sorted(files)
+    def _reindex(self) -> None:
+        """Renumber entries after failed items were dropped from the study."""
+        if not self._failed:
+            return
+        kept = [i for i in range(len(self.study.items) + len(self._failed)) if i not in self._failed]
+        new = {old: n for n, old in enumerate(kept)}
+        self.entries = [_Entry(new[e.item], e.index) for e in self.entries]
+        self._flat = {new[i] for i in self._flat if i in new}
 
-    def _index_dicom(self, files: list[Path], min_series_slices: int) -> list[_Entry]:
-        groups: dict[tuple[Any, ...], list[tuple[Path, Any]]] = {}
-        for path in files:
-            ds = _dcmread(path, stop_before_pixels=True)
-            geometric = "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
-            key = (str(ds.get("SeriesInstanceUID", "")), int(ds.get("Rows", 0)), int(ds.get("Columns", 0)))
-            if geometric and frames == 1 and key[0]:
-                groups.setdefault(key, []).append((path, ds))
-            else:
-                groups.setdefault(("single", str(path)), []).append((path, ds))
-        entries: list[_Entry] = []
-        for key, members in groups.items():
-            if key[0] != "single" and len(members) >= min_series_slices:
-                series_key = f"series:{len(self._series)}"
-                self._series[series_key] = tuple(p for p, _ in members)
-                try:
-                    volume = self._load_volume(series_key)
-                except DataError as exc:
-                    # Not a clean volume (duplicate positions, gaps, ...): score its files one by one.
-                    del self._series[series_key]
-                    warnings.warn(
-                        f"a DICOM series of {len(members)} files is read as 2-D images: {exc.problem}",
-                        stacklevel=2,
-                    )
-                else:
-                    entries += [_Entry("slice", series_key, k) for k in range(volume.array.shape[self.axis])]
-                    continue
-            for path, ds in members:
-                frames = int(ds.get("NumberOfFrames", 1) or 1)
-                if frames > 1:
-                    entries += [_Entry("frame", str(path), i) for i in range(frames)]
-                else:
-                    entries.append(_Entry("image", str(path)))
-        return entries
+    def is_volume(self, item: Item) -> bool:
+        """Whether ``item`` is scored slice by slice (a single-slice NIfTI is a 2-D image)."""
+        return item.is_volume and self.study.items.index(item) not in self._flat
 
-    def _load_volume(self, source: str) -> Volume:
-        if source in self._series:
-            files = self._series[source]
-            return self._volumes.get(Path(source), image=True, loader=lambda: read_dicom_files(files))
-        return self._volumes.get(Path(source), image=True)
+    def _entries_of(self, item: Item) -> list[_Entry]:
+        position = self.study.items.index(item)
+        return [e for e in self.entries if e.item == position]
 
-    def volume_id(self, source: str) -> str:
-        if source not in self._volume_ids:
-            volume = self._load_volume(source)
-            self._volume_ids[source] = pseudonymous_id(volume.identity, salt=self._maker.salt)
-        return self._volume_ids[source]
+    def load_volume(self, item: Item) -> Volume:
+        """The volume of a ``series``/``multiframe``/``volume_file`` item (a few are cached)."""
+        if item.kind == "series":
+            key = item.files[0].parent / item.key
+            return self._volumes.get(key, image=True, loader=lambda: read_dicom_files(item.files))
+        return self._volumes.get(item.files[0], image=True)
+
+    def volume_id(self, item: Item) -> str:
+        return pseudonymous_id(self.load_volume(item).identity, salt=self.builder.salt)
+
+    def item_samples(self, item: Item) -> list[Sample]:
+        """Every sample of one item, in order."""
+        return [self._sample(entry) for entry in self._entries_of(item)]
 
     def __getitem__(self, index: int) -> Sample:
-        entry = self.entries[index]
-        if entry.kind == "slice":
-            return self._slice_sample(entry)
-        path = Path(entry.source)
+        return self._sample(self.entries[index])
+
+    def _sample(self, entry: _Entry) -> Sample:
+        item = self.study.items[entry.item]
+        if self.is_volume(item):
+            return self._slice_sample(item, entry.index)
+        path = item.files[0]
         data = _wrap_errors(path, lambda: read_image(path, entry.index))
-        meta = {**data.meta, "intensity": self._maker.intensity_meta(data.modality, data.array.dtype)}
-        return Sample(
-            image=self._maker.transform(np.ascontiguousarray(data.array), modality=data.modality),
-            mask=None,
+        return self.builder.sample(
+            data.array,
+            identity=data.identity,
+            modality=data.modality,
+            meta=data.meta,
             label=self.label,
             category=self.category,
-            sample_id=pseudonymous_id(data.identity, salt=self._maker.salt),
             specie="",
-            original_size=data.size,
             slice_index=entry.index,
-            meta=meta,
         )
 
-    def _slice_sample(self, entry: _Entry) -> Sample:
-        volume = self._load_volume(entry.source)
-        index = int(entry.index or 0)
-        image = np.ascontiguousarray(volume.slice(self.axis, index))
-        value_range = self._maker.volume_range(entry.source, volume)
-        axis_name = ("axial", "coronal", "sagittal")[self.axis]
-        meta = {
-            **volume.meta,
-            "slice_axis": axis_name,
-            "intensity": self._maker.intensity_meta(volume.modality, volume.array.dtype),
-        }
-        return Sample(
-            image=self._maker.transform(image, modality=volume.modality, value_range=value_range),
-            mask=None,
+    def _slice_sample(self, item: Item, index: int) -> Sample:
+        volume = self.load_volume(item)
+        axis = volume.resolve_axis(self.axis)
+        name = AXES_BY_INDEX[axis]
+        return self.builder.sample(
+            np.ascontiguousarray(volume.slice(axis, index)),
+            identity=slice_identity(volume.identity, name, index),
+            modality=volume.modality,
+            meta={**volume.meta, "slice_axis": name},
+            value_range=self._ranges.get(item.key, volume),
             label=self.label,
             category=self.category,
-            sample_id=pseudonymous_id(f"{volume.identity}#{axis_name}{index}", salt=self._maker.salt),
             specie="",
-            original_size=(int(image.shape[0]), int(image.shape[1])),
             slice_index=index,
-            volume_id=self.volume_id(entry.source),
-            meta=meta,
+            volume_id=self.volume_id(item),
         )
 
     def source_files(self) -> list[Path]:
-        """Every file the samples are read from; :func:`~medzsad.data.ids.dataset_identifiers` reads their headers."""
-        series = [str(p) for files in self._series.values() for p in files]
-        return [
-            Path(s) for s in dict.fromkeys([e.source for e in self.entries if e.source not in self._series] + series)
-        ]
+        """Every file the samples are read from; :func:`~medzsad.data.dicom.dataset_identifiers` reads their headers."""
+        return list(dict.fromkeys(path for item in self.study.items for path in item.files))
 
-    def volume_sources(self) -> dict[str, str]:
-        """``volume_id -> internal source key`` for every volume in the folder."""
-        sources = dict.fromkeys(e.source for e in self.entries if e.kind == "slice")
-        return {self.volume_id(s): s for s in sources}
+    def volume_sources(self) -> dict[str, Item]:
+        """``volume_id -> item`` for every volume in the dataset."""
+        items = [self.study.items[i] for i in dict.fromkeys(e.item for e in self.entries)]
+        return {self.volume_id(item): item for item in items if self.is_volume(item)}
 
     def reassemble(self, volume_id: str, maps: Mapping[int, np.ndarray | torch.Tensor]) -> tuple[Volume, np.ndarray]:
         """Put model-resolution maps of one volume's slices (``slice_index -> [S, S]``) back into the scan.
@@ -434,10 +416,18 @@ class FolderDataset(Dataset):
         sources = self.volume_sources()
         if volume_id not in sources:
             raise KeyError(f"no volume with id {volume_id!r} in this dataset")
-        volume = self._load_volume(sources[volume_id])
+        volume = self.load_volume(sources[volume_id])
+        axis = volume.resolve_axis(self.axis)
         indices = sorted(maps)
         slice_maps = [
-            map_to_original(maps[k], volume.slice(self.axis, k).shape, pad_to_square=self.transform.pad_to_square)
+            map_to_original(maps[k], volume.slice(axis, k).shape, pad_to_square=self.transform.pad_to_square)
             for k in indices
         ]
-        return volume, reassemble(slice_maps, volume, self.axis, indices)
+        return volume, reassemble(slice_maps, volume, axis, indices)
+
+
+AXES_BY_INDEX = {v: k for k, v in AXES.items()}
+
+
+def _axis(axis: str | int) -> int:
+    return axis_index(axis)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DataError", "MissingDecoderError", "NotAnImageError"]
+__all__ = ["DataError", "MissingDecoderError", "NotAnImageError", "first_line"]
 
 
 class DataError(Exception):
@@ -48,3 +48,9 @@ class MissingDecoderError(DataError):
 
 class NotAnImageError(DataError):
     """The file is valid but holds no image to score (e.g. DICOM SEG, RT dose, a 3-D volume for a 2-D reader)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -26,7 +26,6 @@ __all__ = [
     "ALLOWED_META_KEYS",
     "PHI_DICOM_KEYWORDS",
     "clean_meta",
-    "dataset_identifiers",
     "dicom_identifiers",
     "get_salt",
     "pseudonymous_id",
@@ -51,6 +50,8 @@ ALLOWED_META_KEYS: frozenset[str] = frozenset(
         "converted_to_rgb",  # YBR / palette colour converted to RGB
         "pixel_spacing",  # (row, col) mm
         "spacing",  # voxel spacing of a volume, mm, in array order
+        "body_part",  # DICOM BodyPartExamined code (HEAD, CHEST, ...): picks the CT window preset
+        "has_geometry",  # False: a volume without patient geometry (written with qform/sform code 0)
         "slice_axis",
         "shape",
         "intensity",  # description of the intensity mapping used, e.g. "window 40/80"
@@ -170,33 +171,7 @@ def dicom_identifiers(ds: Any) -> set[str]:
     return found
 
 
-def dataset_identifiers(paths: Iterable[str | Path]) -> frozenset[str]:
-    """The identifying header values (:data:`PHI_DICOM_KEYWORDS`) of the DICOM files among ``paths``.
-
-    The engine hands them to the tracked run, which refuses any name, tag, key, path or table cell
-    holding one: so a patient id that also names a folder cannot reach MLflow through a dataset or
-    category name. Only those attributes are parsed (no pixels), so a header pass over an archive
-    costs a fraction of reading it; unreadable files are skipped here (reading them reports them).
-    """
-    import pydicom
-
-    from medzsad.data.readers import is_dicom_file  # readers imports this module: import on use
-
-    found: set[str] = set()
-    for path in dict.fromkeys(Path(p) for p in paths):
-        if not path.is_file() or not is_dicom_file(path):
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(PHI_DICOM_KEYWORDS))
-        except Exception:  # a corrupt file is reported when it is read as an image
-            continue
-        found |= dicom_identifiers(ds)
-    return frozenset(found | {part for value in found for part in _name_parts(value)})
-
-
-def _name_parts(value: str) -> set[str]:
+def name_parts(value: str) -> set[str]:
     """The components of a DICOM person name (``Doe^John`` -> ``Doe``, ``John``), 4+ characters each."""
     if "^" not in value:
         return set()

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from medzsad.data.errors import DataError
+from medzsad.data.formats import DICOM_SUFFIXES, IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_dicom_file
 from medzsad.data.manifest import Manifest, Record, mask_stem, pair_masks_by_name, write_manifest
-from medzsad.data.readers import DICOM_SUFFIXES, IMAGE_SUFFIXES, VOLUME_SUFFIXES, is_dicom_file
 
 __all__ = [
     "PREPARERS",
@@ -414,9 +414,9 @@ def _frames(image: Path) -> list[int | None]:
     """``[None]`` for a plain image; one index per frame for a multi-frame DICOM file."""
     if not (image.name.lower().endswith(DICOM_SUFFIXES) or is_dicom_file(image)):
         return [None]
-    from medzsad.data.readers import _dcmread
+    from medzsad.data.dicom import dcmread
 
-    frames = int(_dcmread(image, stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
+    frames = int(dcmread(image, stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
     return [None] if frames == 1 else list(range(frames))
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "CT_PRESETS",
     "CT_WINDOWS",
     "ClipImageTransform",
     "ClipMaskTransform",
@@ -50,6 +51,32 @@ CT_WINDOWS: Mapping[str, tuple[float, float]] = {
     "soft_tissue": (50.0, 400.0),
     "mediastinum": (50.0, 350.0),
     "liver": (60.0, 150.0),
+}
+
+#: CT window preset by DICOM BodyPartExamined (used when no window is configured). Chest CT shows the
+#: lungs (parenchyma is where most chest findings are); configure ``mediastinum`` for the soft tissue.
+#: Any other or missing body part takes ``brain``, the window of the head-CT benchmarks.
+CT_PRESETS: Mapping[str, str] = {
+    "HEAD": "brain",
+    "BRAIN": "brain",
+    "SKULL": "bone",
+    "NECK": "soft_tissue",
+    "CHEST": "lung",
+    "LUNG": "lung",
+    "THORAX": "lung",
+    "ABDOMEN": "soft_tissue",
+    "PELVIS": "soft_tissue",
+    "ABDOMENPELVIS": "soft_tissue",
+    "LIVER": "liver",
+    "CHESTABDOMEN": "soft_tissue",
+    "CHEST_ABDOMEN_PELVIS": "soft_tissue",
+    "WHOLEBODY": "soft_tissue",
+    "WHOLE BODY": "soft_tissue",
+    "SPINE": "bone",
+    "CSPINE": "bone",
+    "TSPINE": "bone",
+    "LSPINE": "bone",
+    "EXTREMITY": "bone",
 }
 
 IntensityMode = Literal["auto", "none", "window", "percentile", "range"]
@@ -84,9 +111,15 @@ class Intensity:
         if self.mode == "range" and self.value_range is None:
             raise ValueError("intensity mode 'range' needs value_range=(low, high)")
 
-    def window_range(self) -> tuple[float, float]:
-        """The window as (low, high) HU."""
-        window = self.window if self.window is not None else "brain"
+    def window_for(self, body_part: str | None = None) -> str | tuple[float, float]:
+        """The configured window, else the preset of ``body_part`` (:data:`CT_PRESETS`), else ``brain``."""
+        if self.window is not None:
+            return self.window
+        return CT_PRESETS.get((body_part or "").upper().strip(), "brain")
+
+    def window_range(self, body_part: str | None = None) -> tuple[float, float]:
+        """The window as (low, high) HU (see :meth:`window_for`)."""
+        window = self.window_for(body_part)
         level, width = CT_WINDOWS[window] if isinstance(window, str) else window
         return float(level) - float(width) / 2.0, float(level) + float(width) / 2.0
 
@@ -94,8 +127,9 @@ class Intensity:
         """Whether this array takes the official uint8 PIL path (bit-exact with the reference code)."""
         return array.dtype == np.uint8 and self.mode in ("auto", "none")
 
-    def fit(self, array: np.ndarray, modality: str | None = None) -> tuple[float, float]:
-        """The (low, high) input values that map to 0 and 1 for this array (or volume)."""
+    def fit(self, array: np.ndarray, modality: str | None = None, body_part: str | None = None) -> tuple[float, float]:
+        """The (low, high) input values that map to 0 and 1 for this array (or volume); ``body_part``
+        (DICOM BodyPartExamined) picks the CT window preset when no window is configured."""
         mode = self.mode
         if mode == "auto":
             if array.dtype == np.uint8:
@@ -105,7 +139,7 @@ class Intensity:
             assert self.value_range is not None
             return float(self.value_range[0]), float(self.value_range[1])
         if mode == "window":
-            return self.window_range()
+            return self.window_range(body_part)
         if mode == "none":
             if np.issubdtype(array.dtype, np.integer):
                 info = np.iinfo(array.dtype)
@@ -117,23 +151,28 @@ class Intensity:
         low, high = np.percentile(finite, self.percentiles)
         return float(low), float(high)
 
-    def describe(self, modality: str | None = None, dtype: np.dtype | None = None) -> str:
-        """A short, loggable description of the mapping (goes into ``Sample.meta['intensity']``)."""
+    def describe(self, modality: str | None = None, dtype: np.dtype | None = None, body_part: str | None = None) -> str:
+        """A short, loggable description of the mapping (goes into ``Sample.meta['intensity']``), e.g.
+        ``"window 40/80"`` or, for a preset chosen by body part, ``"window -600/1500 lung"``."""
         if self.mode == "auto":
             if dtype == np.uint8:
                 return "8bit"
             if (modality or "").upper() == "CT":
-                return "window {:g}/{:g}".format(*self._level_width())
+                return self._describe_window(body_part)
             return "percentile {:g}-{:g}".format(*self.percentiles)
         if self.mode == "window":
-            return "window {:g}/{:g}".format(*self._level_width())
+            return self._describe_window(body_part)
         if self.mode == "percentile":
             return "percentile {:g}-{:g}".format(*self.percentiles)
         return self.mode
 
-    def _level_width(self) -> tuple[float, float]:
-        low, high = self.window_range()
-        return (low + high) / 2.0, high - low
+    def _describe_window(self, body_part: str | None) -> str:
+        low, high = self.window_range(body_part)
+        text = f"window {(low + high) / 2.0:g}/{high - low:g}"
+        preset = (body_part or "").upper().strip()
+        if self.window is None and preset in CT_PRESETS:
+            text += f" {CT_PRESETS[preset]}"
+        return text
 
 
 def scale_to_unit(array: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
@@ -216,6 +255,7 @@ class ClipImageTransform:
         *,
         modality: str | None = None,
         value_range: tuple[float, float] | None = None,
+        body_part: str | None = None,
     ) -> torch.Tensor:
         """Transform one image.
 
@@ -224,6 +264,7 @@ class ClipImageTransform:
             modality: DICOM modality code when known (chooses the ``auto`` intensity mapping).
             value_range: precomputed (low, high) for the intensity mapping, e.g. fitted on a whole
                 volume so all its slices share one scale; overrides :meth:`Intensity.fit`.
+            body_part: DICOM BodyPartExamined, picks the CT window preset (:data:`CT_PRESETS`).
         Returns:
             float32 ``[3, S, S]``.
         """
@@ -243,7 +284,7 @@ class ClipImageTransform:
             raise ValueError(f"expected an image [H, W] or [H, W, 3], got shape {array.shape}")
         if value_range is None and self.intensity.is_official_8bit(array):
             return self._official(Image.fromarray(array))
-        value_range = value_range or self.intensity.fit(array, modality)
+        value_range = value_range or self.intensity.fit(array, modality, body_part)
         return self._float(scale_to_unit(array, value_range))
 
     def _official(self, image: Image.Image) -> torch.Tensor:

@@ -27,12 +27,20 @@ from typing import Any
 
 import numpy as np
 
-from medzsad.data.errors import DataError, NotAnImageError
+from medzsad.data.dicom import (
+    DicomStack,
+    lps_to_ras,
+    stack_multiframe,
+    stack_series,
+    write_dicom_seg,
+)
+from medzsad.data.errors import DataError, NotAnImageError, first_line
+from medzsad.data.formats import detect_format
 from medzsad.data.ids import clean_meta, pseudonymous_id
 from medzsad.data.limits import check_volume_size, itk_problem, refuse_non_finite
-from medzsad.data.readers import _dcmread, _first_line, detect_format, dicom_pixels, is_dicom_file
 from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Sample
-from medzsad.data.transforms import ClipImageTransform, ClipMaskTransform
+from medzsad.data.samples import SampleBuilder, slice_identity
+from medzsad.data.transforms import ClipImageTransform
 from medzsad.utils.files import atomic_path
 
 __all__ = [
@@ -54,7 +62,6 @@ __all__ = [
 
 AXES: dict[str, int] = {"axial": 0, "coronal": 1, "sagittal": 2}
 _CANONICAL_CODES = ("L", "P", "S")  # direction of increasing x, y, z
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def axis_index(axis: str | int) -> int:
@@ -103,8 +110,20 @@ class Volume:
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
 
+    @property
+    def native_axis(self) -> int:
+        """The array axis along which the source stacks its slices (a DICOM series' slice normal, a
+        NIfTI's third axis): slicing along it gives the images as acquired, also for reformats."""
+        if self._from_source is None:
+            return 0
+        return 2 - int(self._from_source[2][0])  # source axis 2 -> canonical (x, y, z) axis -> [z, y, x]
+
+    def resolve_axis(self, axis: str | int) -> int:
+        """:func:`axis_index`, plus ``"native"`` (:attr:`native_axis`)."""
+        return self.native_axis if axis == "native" else axis_index(axis)
+
     def n_slices(self, axis: str | int = "axial") -> int:
-        return int(self.array.shape[axis_index(axis)])
+        return int(self.array.shape[self.resolve_axis(axis)])
 
     def slice(self, axis: str | int, index: int, array: np.ndarray | None = None) -> np.ndarray:
         """Slice ``index`` along ``axis`` in display orientation (module docstring), ``[rows, cols]``."""
@@ -214,7 +233,7 @@ def _read_nifti(path: Path) -> Volume:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(path, f"cannot read NIfTI ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise DataError(path, f"cannot read NIfTI ({type(exc).__name__}: {first_line(exc)})") from None
     refuse_non_finite(path, data)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -256,18 +275,10 @@ def _read_itk(path: Path, fmt: str) -> Volume:
     origin[:dim] = img.GetOrigin()
     return _canonical(
         arr.transpose(2, 1, 0),
-        _lps_affine(direction, spacing, origin),
+        lps_to_ras(direction, spacing, origin),
         meta={"source_format": fmt},
         identity=str(path.resolve()),
     )
-
-
-def _lps_affine(direction: np.ndarray, spacing: np.ndarray, origin: np.ndarray) -> np.ndarray:
-    """ITK geometry (LPS direction columns, spacing, origin) -> RAS affine of the (x, y, z) index."""
-    affine = np.eye(4)
-    affine[:3, :3] = direction @ np.diag(spacing)
-    affine[:3, 3] = origin
-    return _LPS_TO_RAS @ affine
 
 
 @dataclass(frozen=True)
@@ -282,38 +293,18 @@ class DicomSeriesInfo:
     files: tuple[Path, ...] = field(repr=False)
 
 
-def _dicom_headers(folder: Path) -> list[tuple[Path, Any]]:
-    headers = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if path.name.upper() == "DICOMDIR" or not is_dicom_file(path):
-            continue
-        try:
-            ds = _dcmread(path, stop_before_pixels=True)
-        except DataError:
-            continue
-        if "Rows" in ds and "Columns" in ds:
-            headers.append((path, ds))
-    return headers
-
-
 def list_dicom_series(folder: str | Path) -> list[DicomSeriesInfo]:
-    """The image series in a folder (recursively), largest first.
+    """The image series in a folder (recursively), largest first, as the study grouper
+    (:func:`medzsad.data.study.dicom_groups`) groups them: by Series Instance UID and, within a series,
+    by image size and orientation, so localisers or reformats stored under one UID come out apart."""
+    from medzsad.data.study import dicom_groups, dicom_headers
 
-    Files are grouped by Series Instance UID and, within a series, by image size and orientation, so
-    localisers or reformats stored under one UID come out as separate entries.
-    """
-    folder = Path(folder)
-    groups: dict[tuple[Any, ...], list[tuple[Path, Any]]] = {}
-    for path, ds in _dicom_headers(folder):
-        orientation = tuple(np.round(np.asarray(ds.get("ImageOrientationPatient", [0] * 6), float), 3))
-        key = (str(ds.get("SeriesInstanceUID", "")), int(ds.Rows), int(ds.Columns), orientation)
-        groups.setdefault(key, []).append((path, ds))
     infos = []
-    for (uid, rows, cols, orientation), members in groups.items():
-        identity = f"{uid}|{rows}x{cols}|{orientation}"
+    for key, members in dicom_groups(dicom_headers(Path(folder))).items():
+        uid, rows, cols, orientation = key
         infos.append(
             DicomSeriesInfo(
-                key=pseudonymous_id(identity, length=12),
+                key=pseudonymous_id(f"{uid}|{rows}x{cols}|{orientation}", length=12),
                 n_files=len(members),
                 modality=str(members[0][1].get("Modality", "") or "") or None,
                 rows=rows,
@@ -356,128 +347,28 @@ def _read_dicom_series(folder: Path, series: int | str | None) -> Volume:
 
 def read_dicom_files(files: Sequence[Path], folder: str | Path | None = None) -> Volume:
     """Read the files of one DICOM series (any order) into a volume ordered by geometry."""
-    folder = Path(folder) if folder is not None else Path(files[0]).parent
-    slices = []
-    owners: list[Path] = []
-    for path in files:
-        ds = _dcmread(path)
-        pixels, meta = dicom_pixels(ds, path)
-        if pixels.ndim != 3:
-            raise NotAnImageError(path, "colour DICOM series are not supported as volumes")
-        for frame in range(pixels.shape[0]):
-            slices.append((ds, pixels[frame], meta))
-            owners.append(path)
-    first = slices[0][0]
-    modality = str(first.get("Modality", "") or "") or None
-    spacing_rc = [float(v) for v in (first.get("PixelSpacing") or [1.0, 1.0])]
-    orientation = first.get("ImageOrientationPatient")
-    positions = [ds.get("ImagePositionPatient") for ds, _, _ in slices]
-    identity = str(first.get("SeriesInstanceUID", "") or "") or str(folder.resolve())
-    meta = {"source_format": "dicom", "modality": modality, "photometric": slices[0][2].get("photometric")}
-    if orientation is None or any(p is None for p in positions):
-        order = sorted(range(len(slices)), key=lambda i: int(slices[i][0].get("InstanceNumber", i) or i))
-        stack = np.stack([slices[i][1] for i in order]).astype(np.float32)
-        affine = _lps_affine(np.eye(3), np.array([spacing_rc[1], spacing_rc[0], 1.0]), np.zeros(3))
-        return _canonical(
-            stack.transpose(2, 1, 0), affine, modality=modality, meta=meta, has_geometry=False, identity=identity
-        )
-    stack, affine, order = _geometry_stack(
-        folder,
-        [s[1] for s in slices],
-        np.asarray(orientation, float),
-        np.asarray(positions, float),
-        spacing_rc,
-        float(first.get("SliceThickness", 0) or 0),
-    )
-    ordered_files = tuple(owners[i] for i in order)
-    single_frame = len(set(ordered_files)) == len(ordered_files)
-    return _canonical(
-        stack.transpose(2, 1, 0),
-        affine,
-        modality=modality,
-        meta=meta,
-        identity=identity,
-        source_files=ordered_files if single_frame else (),
-    )
-
-
-def _geometry_stack(
-    source: Path,
-    images: Sequence[np.ndarray],
-    orientation: np.ndarray,
-    positions: np.ndarray,
-    spacing_rc: Sequence[float],
-    thickness: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Order slices along the slice normal and build the RAS affine; refuse gaps and duplicates.
-
-    Returns ``(stack [n, rows, cols], affine, order)`` with ``order`` the input index of each stacked slice.
-    """
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    distances = positions @ normal
-    order = np.argsort(distances, kind="stable")
-    distances = distances[order]
-    steps = np.diff(distances)
-    if steps.size and np.min(steps) < 1e-3:
-        raise DataError(source, "two slices share one position (several acquisitions, echoes or phases in one series?)")
-    if steps.size > 1 and (np.max(steps) - np.min(steps)) > 0.01 * np.median(steps) + 1e-3:
-        raise DataError(
-            source,
-            f"irregular slice spacing ({np.min(steps):.3f} to {np.max(steps):.3f} mm): missing slices?",
-        )
-    stack = np.stack([images[i] for i in order]).astype(np.float32)
-    if len(order) > 1:
-        step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
-    else:
-        step = normal * (thickness or 1.0)
-    lps = np.eye(4)
-    # x follows the row direction (along a row = column index), spacing = PixelSpacing[1].
-    lps[:3, 0] = row_dir * spacing_rc[1]
-    lps[:3, 1] = col_dir * spacing_rc[0]
-    lps[:3, 2] = step
-    lps[:3, 3] = positions[order[0]]
-    return stack, _LPS_TO_RAS @ lps, order
+    return _from_stack(stack_series(files, Path(folder) if folder is not None else None))
 
 
 def _read_dicom_multiframe(path: Path) -> Volume:
-    ds = _dcmread(path)
-    pixels, meta = dicom_pixels(ds, path)
-    if pixels.ndim != 3:
-        raise NotAnImageError(path, "colour multi-frame DICOM is not supported as a volume")
-    identity = str(ds.get("SOPInstanceUID", "") or "") or str(path.resolve())
-    modality = meta.get("modality")
-    n = pixels.shape[0]
-    positions, orientation, spacing = [], None, None
-    from medzsad.data.readers import _functional_item
+    return _from_stack(stack_multiframe(path))
 
-    for i in range(n):
-        pos = _functional_item(ds, "PlanePositionSequence", i)
-        ori = _functional_item(ds, "PlaneOrientationSequence", i)
-        meas = _functional_item(ds, "PixelMeasuresSequence", i)
-        positions.append(None if pos is None else pos.get("ImagePositionPatient"))
-        orientation = orientation if ori is None else ori.get("ImageOrientationPatient")
-        spacing = spacing if meas is None else meas.get("PixelSpacing")
-    spacing_rc = [float(v) for v in (spacing or ds.get("PixelSpacing") or [1.0, 1.0])]
-    base = {"source_format": "dicom", "modality": modality, "photometric": meta.get("photometric")}
-    if orientation is None or any(p is None for p in positions) or n < 2:
-        affine = _lps_affine(np.eye(3), np.array([spacing_rc[1], spacing_rc[0], 1.0]), np.zeros(3))
-        return _canonical(
-            pixels.astype(np.float32).transpose(2, 1, 0),
-            affine,
-            modality=modality,
-            meta=base,
-            has_geometry=False,
-            identity=identity,
-        )
-    stack, affine, _order = _geometry_stack(
-        path, list(pixels), np.asarray(orientation, float), np.asarray(positions, float), spacing_rc, 0.0
+
+def _from_stack(stack: DicomStack) -> Volume:
+    return _canonical(
+        stack.array,
+        stack.affine,
+        modality=stack.modality,
+        meta=stack.meta,
+        has_geometry=stack.has_geometry,
+        identity=stack.identity,
+        source_files=stack.files,
     )
-    return _canonical(stack.transpose(2, 1, 0), affine, modality=modality, meta=base, identity=identity)
 
 
-def volume_header(path: str | Path) -> tuple[int, int, int]:
-    """Canonical ``(z, y, x)`` shape of a NIfTI/NRRD/MHA volume from its header alone (no pixel read)."""
+def volume_header(path: str | Path, *, native: bool = False) -> Any:
+    """Canonical ``(z, y, x)`` shape of a NIfTI/NRRD/MHA volume from its header alone (no pixel read);
+    with ``native``, ``(shape, native_axis)`` (see :attr:`Volume.native_axis`)."""
     from nibabel.orientations import axcodes2ornt, io_orientation
 
     path = Path(path)
@@ -499,18 +390,19 @@ def volume_header(path: str | Path) -> tuple[int, int, int]:
             shape = list(reader.GetSize()) + [1] * (3 - dim)
             direction = np.eye(3)
             direction[:dim, :dim] = np.asarray(reader.GetDirection(), float).reshape(dim, dim)
-            affine = _lps_affine(direction, np.ones(3), np.zeros(3))
+            affine = lps_to_ras(direction, np.ones(3), np.zeros(3))
         else:
             raise NotAnImageError(path, f"{fmt} is not a volume format")
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(path, f"cannot read volume header ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise DataError(path, f"cannot read volume header ({type(exc).__name__}: {first_line(exc)})") from None
     transform = _ornt_transform(io_orientation(affine), axcodes2ornt(_CANONICAL_CODES))
     xyz = [0, 0, 0]
     for src, (dst, _flip) in enumerate(transform):
         xyz[int(dst)] = shape[src]
-    return xyz[2], xyz[1], xyz[0]
+    zyx = (xyz[2], xyz[1], xyz[0])
+    return (zyx, 2 - int(transform[2][0])) if native else zyx
 
 
 def check_same_grid(image: Volume, label: Volume, source: str | Path | None = None) -> None:
@@ -543,47 +435,39 @@ def volume_samples(
     category: str = "",
     indices: Sequence[int] | None = None,
     salt: str | bytes | None = None,
+    builder: SampleBuilder | None = None,
 ) -> Iterator[Sample]:
     """Yield one :class:`Sample` per slice along ``axis``.
 
     The intensity range is fitted once on the whole volume (so all slices share one scale). With a
     ``label`` volume on the same grid, slices with lesion voxels get label 1, specie ``"lesion"`` and
     their mask; the others label 0, specie ``"good"`` and an empty mask. Without one, labels are -1.
+    ``axis`` may be ``"native"`` (:attr:`Volume.native_axis`); ``builder`` (with the user's MONAI
+    transforms) replaces ``transform``/``salt``.
     """
-    transform = transform or ClipImageTransform()
-    mask_transform = ClipMaskTransform(transform.image_size, pad_to_square=transform.pad_to_square)
+    builder = builder or SampleBuilder(transform or ClipImageTransform(), salt=salt)
     if label is not None:
         check_same_grid(volume, label)
-    value_range = None
-    if not transform.intensity.is_official_8bit(volume.array):
-        value_range = transform.intensity.fit(volume.array, volume.modality)
-    volume_id = pseudonymous_id(volume.identity or "volume", salt=salt)
-    ax = axis_index(axis)
+    body_part = volume.meta.get("body_part")
+    value_range = builder.volume_range(volume.array, volume.modality, body_part)
+    volume_id = pseudonymous_id(volume.identity or "volume", salt=builder.salt)
+    ax = volume.resolve_axis(axis)
     name = next(k for k, v in AXES.items() if v == ax)
-    meta = {
-        **volume.meta,
-        "slice_axis": name,
-        "intensity": transform.intensity.describe(volume.modality, volume.array.dtype),
-    }
+    meta = {**volume.meta, "slice_axis": name}
     for index in indices if indices is not None else range(volume.array.shape[ax]):
-        image = volume.slice(ax, index)
-        mask = None
-        label_value = LABEL_UNKNOWN
-        if label is not None:
-            lesion = volume.slice(ax, index, label.array) > 0
-            label_value = LABEL_ABNORMAL if lesion.any() else LABEL_NORMAL
-            mask = mask_transform(lesion)
-        yield Sample(
-            image=transform(np.ascontiguousarray(image), modality=volume.modality, value_range=value_range),
-            mask=mask,
-            label=label_value,
+        image = np.ascontiguousarray(volume.slice(ax, index))
+        lesion = None if label is None else volume.slice(ax, index, label.array) > 0
+        yield builder.sample(
+            image,
+            identity=slice_identity(volume.identity, name, int(index)),
+            modality=volume.modality,
+            meta=meta,
+            value_range=value_range,
+            mask=lesion,
+            label=LABEL_UNKNOWN if lesion is None else (LABEL_ABNORMAL if lesion.any() else LABEL_NORMAL),
             category=category,
-            sample_id=pseudonymous_id(f"{volume.identity}#{name}{index}", salt=salt),
-            specie={LABEL_ABNORMAL: "lesion", LABEL_NORMAL: "good"}.get(label_value, ""),
-            original_size=image.shape[:2],
             slice_index=int(index),
             volume_id=volume_id,
-            meta=meta,
         )
 
 
@@ -615,22 +499,39 @@ def reassemble(
 # --------------------------------------------------------------------------------------------- writing
 
 
-def write_nifti(array: np.ndarray, volume: Volume, path: str | Path, *, dtype: Any = np.float32) -> Path:
-    """Write a ``[z, y, x]`` array on ``volume``'s grid as NIfTI in the source file's layout and affine.
+def write_nifti(
+    array: np.ndarray,
+    volume: Volume,
+    path: str | Path,
+    *,
+    dtype: Any = np.float32,
+    reference: str | Path | None = None,
+) -> Path:
+    """Write a ``[z, y, x]`` array on ``volume``'s grid as NIfTI.
 
-    The write is atomic (temporary file in the same folder, then rename), and the header carries no
-    description or file names.
+    Voxel order: the **source file's** layout and affine (for a DICOM series: x = column index, y = row
+    index, z = slices ordered along the slice normal, the order SimpleITK's series reader uses), so
+    voxel (i, j, k) of the map is voxel (i, j, k) of the input. With ``reference`` (a NIfTI of the same
+    scan, e.g. a dcm2niix export, which stores DICOM rows flipped) the map is written on the reference's
+    voxel order instead: axis permutations and flips only, refused unless the grids coincide.
+
+    A volume without patient geometry (``volume.has_geometry`` false) is written with qform and sform
+    code 0 ("unknown"), so no tool takes its spacing-only affine for scanner space. The write is atomic
+    and the header carries no description or file names.
     """
     import nibabel as nib
 
     path = Path(path)
-    name = path.name
-    if not name.endswith((".nii", ".nii.gz")):
-        raise ValueError(f"NIfTI output must end in .nii or .nii.gz, got {name!r}")
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"NIfTI output must end in .nii or .nii.gz, got {path.name!r}")
     data = volume.to_source_layout(np.asarray(array)).astype(dtype)
-    img = nib.Nifti1Image(data, volume.source_affine)
-    img.set_qform(volume.source_affine, code=1)
-    img.set_sform(volume.source_affine, code=1)
+    affine = volume.source_affine
+    if reference is not None:
+        data, affine = _onto_reference(data, affine, Path(reference))
+    img = nib.Nifti1Image(data, affine)
+    code = 1 if volume.has_geometry else 0
+    img.set_qform(affine, code=code)
+    img.set_sform(affine, code=code)
     img.header.set_xyzt_units("mm")
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -638,79 +539,20 @@ def write_nifti(array: np.ndarray, volume: Volume, path: str | Path, *, dtype: A
     return path
 
 
-_SEG_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
+def _onto_reference(data: np.ndarray, affine: np.ndarray, reference: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` (with ``affine``) permuted/flipped onto the voxel order of the NIfTI ``reference``."""
+    import nibabel as nib
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
-
-def write_dicom_seg(
-    mask: np.ndarray,
-    volume: Volume,
-    path: str | Path,
-    *,
-    segment_label: str = "anomaly",
-    software_version: str = "medzsad",
-) -> Path:
-    """Write a binary ``[z, y, x]`` mask on a DICOM series' grid as a DICOM SEG (highdicom), atomically.
-
-    The SEG references its source images, so it carries their patient and study attributes (that is what
-    lets a PACS or viewer attach it to the study): it is patient data, keep it local. Empty slices are
-    omitted, as DICOM SEG allows.
-
-    Args:
-        mask: bool (or 0/1) array of ``volume.shape``; threshold a continuous map before calling.
-        volume: a volume read from a DICOM series (it knows its source files).
-        path: output file.
-    """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    if not volume.source_files:
-        raise DataError(path, "DICOM SEG needs a volume read from a DICOM series of single-frame files")
-    binary = volume.to_source_layout(np.asarray(mask) > 0)  # (cols, rows, slices) in source order
-    frames = np.ascontiguousarray(binary.transpose(2, 1, 0)).astype(np.uint8)
-    sources = [_dcmread(p, stop_before_pixels=True) for p in volume.source_files]
-    for ds in sources:
-        # Type 2 attributes highdicom copies; exports often drop them. Empty is a valid value.
-        for keyword in _SEG_TYPE2:
-            if keyword not in ds:
-                setattr(ds, keyword, "")
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="medzsad", version=software_version, family=codes.cid7162.ArtificialIntelligence
-    )
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label=segment_label,
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        seg = hd.seg.Segmentation(
-            source_images=sources,
-            pixel_array=frames,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description],
-            series_instance_uid=hd.UID(),
-            series_number=900,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="medzsad",
-            manufacturer_model_name="medzsad",
-            software_versions=software_version,
-            device_serial_number="none",
-        )
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
-    return path
+    try:
+        ref = nib.load(str(reference))
+    except Exception as exc:
+        raise DataError(
+            reference, f"cannot read the reference NIfTI ({type(exc).__name__}: {first_line(exc)})"
+        ) from None
+    transform = _ornt_transform(io_orientation(affine), io_orientation(ref.affine))
+    moved = np.ascontiguousarray(apply_orientation(data, transform))
+    moved_affine = affine @ inv_ornt_aff(transform, data.shape)
+    if tuple(moved.shape) != tuple(ref.shape[:3]) or not np.allclose(moved_affine, ref.affine, atol=1e-3):
+        raise DataError(reference, "the reference NIfTI is not on this scan's grid up to axis order and flips")
+    return moved, np.asarray(ref.affine, dtype=np.float64)

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from medzsad.backbone.clip import BackboneConfig
-from medzsad.methods.registry import method_class
+from medzsad.backbone.config import BackboneConfig
+from medzsad.tracking.config import TrackingConfig
 
 
 class ConfigError(ValueError):
@@ -34,9 +34,16 @@ class DataConfig:
         test: target datasets for ``medzsad test``: manifests, image folders or scan folders.
         split: which manifest split to read ("test", as every official loader does, or "train").
         pad_to_square: pad to a square before resizing (default off = the official squashing resize).
-        ct_window: CT window ``[level, width]`` in HU applied to CT scans.
+        ct_window: CT window ``[level, width]`` in HU or a preset name (``brain``, ``lung``, ...);
+            ``null`` picks the preset of each scan's BodyPartExamined (docs/data.md), else ``brain``.
         mri_percentiles: ``[low, high]`` percentiles for MRI intensity scaling.
-        slice_axis: axis along which 3-D volumes are cut into 2-D slices.
+        slice_axis: axis along which 3-D volumes are cut into 2-D slices: ``native`` (as acquired),
+            ``axial``, ``coronal``, ``sagittal`` or 0/1/2.
+        series: DICOM series to score, by SeriesNumber (``5``) and/or SeriesDescription pattern
+            (``"*axial*"``); one value or a list; ``null``: all.
+        modality: DICOM modalities to score (``CT`` or ``[CT, MR]``); ``null``: all.
+        transforms: MONAI dictionary transforms (bundle style, ``_target_: CropForegroundd`` and its
+            arguments; key ``image``, channel-first, physical units) run before the CLIP transform.
     """
 
     train: str | None = None
@@ -44,9 +51,12 @@ class DataConfig:
     test: list[str] = field(default_factory=list)
     split: str = "test"
     pad_to_square: bool = False
-    ct_window: list[float] = field(default_factory=lambda: [40.0, 80.0])
+    ct_window: list[float] | str | None = None
     mri_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    slice_axis: int = 2
+    slice_axis: str | int = "native"
+    series: list[int | str] | int | str | None = None
+    modality: list[str] | str | None = None
+    transforms: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -102,6 +112,12 @@ class EvalConfig:
             ``"stop"`` at the first one.
         overwrite: replace the results already in ``output_dir`` (else a folder with results is refused,
             so old and new maps never mix).
+        columns: metrics in the terminal table: names or prefixes (``[image_auroc, pixel_aupro, dice]``),
+            ``[all]``; ``None`` for the compact default (image and pixel AUROC/AP/F1-max, AU-PRO).
+        volume_score: a volume's score from its slice scores: "max" or "topk_mean" (docs/decisions.md).
+        volume_top_k: slices averaged by "topk_mean".
+        lesion_thresholds: map thresholds of the lesion-level FROC points (3-D connected components).
+        lesion_min_iou: IoU a predicted region needs with a lesion to detect it (0: any overlap).
     """
 
     batch_size: int = 8
@@ -117,28 +133,44 @@ class EvalConfig:
     compile: bool = False
     on_error: str = "skip"
     overwrite: bool = False
+    columns: list[str] | None = None
+    volume_score: str = "max"
+    volume_top_k: int = 3
+    lesion_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
+    lesion_min_iou: float = 0.1
 
 
 @dataclass
-class TrackingSection:
-    """MLflow tracking (see ``medzsad.tracking``).
+class CalibrateConfig:
+    """``medzsad calibrate``: thresholds from reference scans (docs/decisions.md says what each rule guarantees).
 
     Attributes:
-        enabled: log runs to MLflow.
-        tracking_uri: MLflow tracking URI; ``None`` means ``sqlite:///<cwd>/mlflow.db``.
-        artifact_location: artifact folder for new experiments; ``None`` means ``<cwd>/mlartifacts``.
-        system_metrics: log CPU/GPU/memory usage.
-        deidentified: the user asserts the data is de-identified (allows overlays of scans flagged
-            with burned-in text).
-        review_panel_size: examples per dataset in the review panel.
+        reference: the reference scans (manifest or folder); normal ones only for ``conformal``.
+        rule: "conformal" (normal scans; P(flag a new normal scan) <= target_fpr), or, from labelled
+            scans, "f1max", "youden" or "sensitivity".
+        target_fpr: alpha, the false-alarm probability bounded by ``conformal``.
+        confidence: ``null`` for the guarantee on average over reference sets; e.g. 0.9 for a guarantee of
+            this reference set with that probability (a higher threshold).
+        target_sensitivity: the sensitivity the "sensitivity" rule keeps on the labelled scans.
+        pixel_rule: "pixel_rate" (expected false-positive pixel fraction of a normal image <= pixel_target_fpr),
+            "any_region" (fraction of normal images with any false-positive region <= pixel_target_fpr) or "none".
+        pixel_target_fpr: alpha of the pixel rule; ``null`` takes ``target_fpr``.
+        probability: also map scores to probabilities: "none", "isotonic" or "platt" (labelled scans).
+        output: where the calibration file is written.
+        rescaled: ``predict`` with a calibration also writes scores and maps rescaled so that their
+            thresholds sit at 0.5 (``rescaled/<id>.npz``).
     """
 
-    enabled: bool = True
-    tracking_uri: str | None = None
-    artifact_location: str | None = None
-    system_metrics: bool = False
-    deidentified: bool = False
-    review_panel_size: int = 8
+    reference: str | None = None
+    rule: str = "conformal"
+    target_fpr: float = 0.05
+    confidence: float | None = None
+    target_sensitivity: float = 0.95
+    pixel_rule: str = "pixel_rate"
+    pixel_target_fpr: float | None = None
+    probability: str = "none"
+    output: str = "runs/calibration.json"
+    rescaled: bool = False
 
 
 @dataclass
@@ -150,8 +182,12 @@ class RunConfig:
         method_config: the method's options (validated against its config dataclass).
         checkpoint: a medzsad checkpoint (``.safetensors``/``.json``) or an official ``.pth``.
         backbone: which CLIP to build.
-        data, train, eval, tracking: the sections above.
+        data, train, eval: the sections above.
+        tracking: MLflow settings (:class:`medzsad.tracking.config.TrackingConfig`, a plain settings
+            dataclass: composing it here imports no MLflow).
         device: "auto", "cpu", "cuda", "cuda:1"...
+        calibrate: how ``medzsad calibrate`` chooses thresholds.
+        calibration: a calibration file (``medzsad calibrate``) whose thresholds ``test`` and ``predict`` use.
     """
 
     method: str = "anomalyclip"
@@ -161,8 +197,10 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingSection = field(default_factory=TrackingSection)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     device: str = "auto"
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    calibration: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -273,8 +311,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     Also checks that the method exists and that ``method_config`` keys and types fit that method.
     """
     data: dict[str, Any] = read_yaml(path) if path else {}
+    _expand_presets(data)
     for text in overrides:
         apply_override(data, *parse_override(text))
+        _expand_presets(data)  # here, so that keys given after a preset win
     config = from_mapping(RunConfig, data)
     validate_method_config(config)
     from medzsad.engine.preflight import check_ranges
@@ -283,7 +323,20 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return config
 
 
+def _expand_presets(data: dict[str, Any]) -> None:
+    from medzsad.engine.presets import PresetError, expand_presets
+
+    try:
+        expand_presets(data)
+    except PresetError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def validate_method_config(config: RunConfig) -> None:
+    # Imported here, not at the top: the methods load torch, and the dataclass checks above must answer
+    # a mistyped key at once (scripts/bench_startup.py).
+    from medzsad.methods.registry import method_class
+
     try:
         cls = method_class(config.method)
     except ValueError as exc:
@@ -297,13 +350,54 @@ def validate_method_config(config: RunConfig) -> None:
         raise ConfigError(f"eval.pixel_bins: expected at least 2 levels, or null for exact metrics; got {bins}")
     if bins is not None and config.eval.aupro_compat:
         raise ConfigError("eval.pixel_bins: the compatibility AUPRO (eval.aupro_compat) needs exact pixel scores")
+    _validate_columns(config.eval.columns)
+    validate_decision_keys(config)
     workers_of = {"train.num_workers": config.train.num_workers, "eval.num_workers": config.eval.num_workers}
     for section, workers in workers_of.items():
         if workers is not None and workers < 0:
             raise ConfigError(f"{section}: expected a number of processes >= 0 or null (automatic), got {workers}")
 
 
+_METRIC_PREFIXES = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max",
+                    "pixel_aupro", "dice", "iou", "normal_fp_pixel_rate", "normal_fp_image_rate", "all")  # fmt: skip
+
+
+def _validate_columns(columns: list[str] | None) -> None:
+    for column in columns or ():
+        if not any(column.startswith(prefix) for prefix in _METRIC_PREFIXES):
+            raise ConfigError(f"eval.columns: unknown metric {column!r}; known: {', '.join(_METRIC_PREFIXES)}")
+
+
+def validate_decision_keys(config: RunConfig) -> None:
+    """The ``calibrate.*`` choices and the volume/lesion keys of ``eval``, each error naming its key."""
+    section = config.calibrate
+    choices = {
+        "calibrate.rule": (section.rule, ("conformal", "f1max", "youden", "sensitivity")),
+        "calibrate.pixel_rule": (section.pixel_rule, ("pixel_rate", "any_region", "none")),
+        "calibrate.probability": (section.probability, ("none", "isotonic", "platt")),
+        "eval.volume_score": (config.eval.volume_score, ("max", "topk_mean")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    rates = {"calibrate.target_fpr": section.target_fpr, "calibrate.pixel_target_fpr": section.pixel_target_fpr}
+    rates |= {"calibrate.confidence": section.confidence}
+    for key, value in rates.items():
+        if value is not None and not 0 < value < 1:
+            raise ConfigError(f"{key}: expected a number between 0 and 1 (exclusive), got {value}")
+    if not 0 < section.target_sensitivity <= 1:
+        raise ConfigError(
+            f"calibrate.target_sensitivity: expected a number in (0, 1], got {section.target_sensitivity}"
+        )
+    if not 0 <= config.eval.lesion_min_iou <= 1:
+        raise ConfigError(f"eval.lesion_min_iou: expected a number in [0, 1], got {config.eval.lesion_min_iou}")
+    if config.eval.volume_top_k < 1:
+        raise ConfigError(f"eval.volume_top_k: expected at least 1 slice, got {config.eval.volume_top_k}")
+
+
 def method_config_for(config: RunConfig):
     """The validated method config dataclass of ``config``."""
+    from medzsad.methods.registry import method_class  # loads torch; see validate_method_config
+
     cls = method_class(config.method)
     return from_mapping(cls.config_class, config.method_config, "method_config")

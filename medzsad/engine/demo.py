@@ -29,7 +29,7 @@ from medzsad.data.synthetic import (
 from medzsad.engine.config import load_config
 from medzsad.engine.jobs import evaluate_config, run_predict, run_train
 
-DEMO_BACKBONE = ["backbone.model_name=medzsad-tiny-fast", "backbone.pretrained=null", "method_config.image_size=224"]
+DEMO_BACKBONE = ["backbone=tiny"]  # the quick-path preset (medzsad.engine.presets): random weights, no download
 HU_OFFSET = 1024.0  # DICOM phantoms store HU + 1024 as uint16 with RescaleIntercept -1024
 
 
@@ -143,10 +143,29 @@ def run_demo(workdir: Path, steps: int = 4, use_mlflow: bool = True) -> None:
     summary = run_predict(predict_config, [str(series)], workdir / "predictions")
     print(f"  predictions for a DICOM series: {summary.output_dir}/volumes/ (map volume on the scan's grid)")
     print(f"done in {time.monotonic() - start:.0f}s.\n")
-    print("Next, with real weights (downloaded by open_clip, or a local file):")
-    print("  medzsad prepare mvtec /data/mvtec_anomaly_detection")
-    print("  medzsad train -c configs/anomalyclip.yaml data.train=/data/mvtec_anomaly_detection/meta.json")
-    print("  medzsad test -c configs/anomalyclip.yaml checkpoint=runs/train/epoch_15.safetensors \\")
-    print("      data.test=[brainmri=/data/BrainMRI/meta.json]   # add backbone.weights_path=ViT-L-14-336px.pt offline")
+    print("\n".join(next_steps(workdir, checkpoint, use_mlflow)))
+
+
+def next_steps(workdir: Path, checkpoint: str, use_mlflow: bool) -> list[str]:
+    """The demo's "Next" lines: the quick path on one's own files, then real weights, with the paths that
+    ``configs/anomalyclip.yaml`` really writes (read from the file when the repository is at hand)."""
+    trained = _anomalyclip_checkpoint()
+    lines = [
+        "Next, on your own images or scans, still without weights (backbone=tiny; scores mean nothing):",
+        "  medzsad predict -c configs/clip.yaml backbone=tiny -i YOUR_SCANS/ -o predictions/",
+        f"  medzsad test -c configs/anomalyclip.yaml backbone=tiny checkpoint={checkpoint} data.test=[mine=YOUR_DATA/]",
+        "With real weights (open_clip downloads them; offline add backbone.weights_path=/models/ViT-L-14-336px.pt):",
+        "  medzsad prepare mvtec /data/mvtec_anomaly_detection",
+        "  medzsad train -c configs/anomalyclip.yaml data.train=/data/mvtec_anomaly_detection/meta.json",
+        f"  medzsad test -c configs/anomalyclip.yaml checkpoint={trained} data.test=[brainmri=/data/BrainMRI/]",
+    ]
     if use_mlflow:
-        print(f"Review runs, metrics and overlays:  medzsad ui --store {workdir}")
+        lines.append(f"Review runs, metrics and overlays:  medzsad ui --store {workdir}")
+    return lines
+
+
+def _anomalyclip_checkpoint() -> str:
+    """``<train.output_dir>/epoch_<train.epochs>.safetensors`` of ``configs/anomalyclip.yaml``."""
+    config_file = Path(__file__).resolve().parents[2] / "configs" / "anomalyclip.yaml"
+    train = load_config(config_file if config_file.is_file() else None).train
+    return f"{Path(train.output_dir).as_posix()}/epoch_{train.epochs}.safetensors"

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
-from medzsad.backbone.clip import CLIP_MEAN, CLIP_STD
 from medzsad.data.records import Batch, SampleResult
 from medzsad.engine import distributed
 from medzsad.engine.config import EvalConfig
@@ -37,9 +34,10 @@ from medzsad.engine.runtime import loader_workers
 from medzsad.engine.skipping import Skipped, SkippingDataset, collate_or_skip, skipped_aside
 from medzsad.methods.base import ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
-from medzsad.tracking.review import ReviewSample
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
+from medzsad.utils.progress import note, progress
 from medzsad.utils.tables import write_csv
+from medzsad.viz import ReviewSample, display_images
 
 __all__ = ["DatasetEvaluation", "SampleResult", "ShardResult", "evaluate", "evaluate_shard", "merge_shards"]
 
@@ -53,19 +51,12 @@ class DatasetEvaluation:
     samples: list[SampleResult]
     review: list[ReviewSample] = field(default_factory=list)
     accumulator: MetricAccumulator | None = None
+    decisions: Any = None  # engine.calibrate.DecisionReport: thresholds, their origin, volume/lesion levels
 
     @property
     def skipped(self) -> list[SampleResult]:
         """Samples that could not be read (``eval.on_error=skip``); not part of the metrics."""
         return [s for s in self.samples if s.problem]
-
-
-def display_images(images: torch.Tensor) -> np.ndarray:
-    """Undo the CLIP normalisation: ``[B,3,H,W]`` float -> ``[B,H,W,3]`` uint8."""
-    mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
-    pixels = ((images.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: int) -> list[ReviewSample]:
@@ -85,6 +76,9 @@ def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: in
                 anomaly_map=small_maps[i, 0].numpy(),
                 mask=(small_masks[i, 0] > 0.5).numpy() if bool(batch.has_mask[i]) else None,
                 burned_in_text=bool(batch.meta[i].get("burned_in_text", False)),
+                volume_id=batch.volume_id[i],
+                slice_index=batch.slice_index[i],
+                intensity=batch.meta[i].get("intensity"),
             )
         )
     return samples
@@ -108,6 +102,7 @@ def evaluate(
     review_limit: int = 0,
     review_side: int = 256,
     maps_dir: Path | None = None,
+    consumer: Callable[[Batch, np.ndarray, np.ndarray], None] | None = None,
 ) -> DatasetEvaluation:
     """Evaluate ``method`` on one dataset of :class:`~medzsad.data.records.Sample`.
 
@@ -121,6 +116,8 @@ def evaluate(
             overlays; 0 keeps none.
         review_side: side of the kept review images in pixels.
         maps_dir: when given, every map is written there as ``<sample_id>.npz`` (float32).
+        consumer: called with ``(batch, scores, maps)`` for every batch (volume and calibration statistics,
+            :mod:`medzsad.engine.calibrate`); in one process only.
 
     Returns:
         :class:`DatasetEvaluation` with the metrics report and per-sample scores. Under torchrun every
@@ -130,7 +127,7 @@ def evaluate(
     processes = distributed.world_size()
     if processes == 1:
         state = _evaluate_indices(
-            method, dataset, range(len(dataset)), config, device, name, review_limit, review_side, maps_dir
+            method, dataset, range(len(dataset)), config, device, name, review_limit, review_side, maps_dir, consumer
         )
         accumulator, samples, review = state
         return DatasetEvaluation(name, accumulator.compute(), samples, review, accumulator)
@@ -194,6 +191,7 @@ def _evaluate_indices(
     review_limit: int,
     review_side: int,
     maps_dir: Path | None,
+    consumer: Callable[[Batch, np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[MetricAccumulator, list[SampleResult], list[ReviewSample]]:
     method.to(device).eval()
     method.backbone.set_precision(config.precision)
@@ -216,13 +214,14 @@ def _evaluate_indices(
     )
     review: list[ReviewSample] = []
     samples: list[SampleResult] = []
-    quiet = None if distributed.is_main() else True  # tqdm: None hides the bar only off a terminal
-    batches = tqdm(loader, desc=f"test {name}", leave=False, disable=quiet)
+    batches = progress(loader, f"test {name}", enabled=distributed.is_main())
     skip = lambda item: samples.append(_skipped_result(item, name))  # noqa: E731
     keyed = skipped_aside(batches, skip, config.on_error == "stop", indices.start)
     for batch in predict_batches(method, keyed, device, config.seed, config.compile):
         scores, maps = batch.pred_score.numpy(), batch.anomaly_map.numpy()
         _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
+        if consumer is not None:
+            consumer(batch, scores, maps)
         labelled = [i for i in range(len(batch)) if int(batch.label[i]) >= 0]
         if len(review) < review_limit and labelled:
             review.extend(_review_samples(batch, scores, maps, review_side)[: review_limit - len(review)])
@@ -234,7 +233,7 @@ def _evaluate_indices(
 
 def _skipped_result(skip: Skipped, dataset_name: str) -> SampleResult:
     """Report a skipped sample on one line (the console may name the file) and keep it for the outputs."""
-    tqdm.write(f"medzsad: skipped a sample of {dataset_name}: {skip.where}: {skip.problem}", file=sys.stderr)
+    note(f"medzsad: skipped a sample of {dataset_name}: {skip.where}: {skip.problem}")
     return SampleResult(skip.sample_id, skip.category, float("nan"), -1, problem=skip.problem)
 
 
@@ -277,18 +276,23 @@ def _write_maps(folder: Path, sample_ids: Iterable[str], maps: np.ndarray) -> No
 
 
 def report_rows(name: str, report: MetricsReport) -> list[dict[str, Any]]:
-    """Per-category rows plus the macro mean, as plain dicts (``dataset``, ``category``, metrics...)."""
-    rows = [
-        {"dataset": name, "category": category, **result.values} for category, result in report.per_category.items()
-    ]
-    rows.append({"dataset": name, "category": "mean", **report.macro_mean.values})
+    """Per-category rows plus the macro mean, as plain dicts (``dataset``, ``category``, ``images``,
+    then each metric in percent under ``<metric> [%]``, the terminal table's unit)."""
+    rows = []
+    for category, result in [*report.per_category.items(), ("mean", report.macro_mean)]:
+        images = result.counts.get("images", sum(r.counts.get("images", 0) for r in report.per_category.values()))
+        percent = {f"{metric} [%]": 100.0 * value for metric, value in result.values.items()}
+        rows.append({"dataset": name, "category": category, "images": images, **percent})
     return rows
 
 
 def write_tables(output_dir: Path, evaluations: Mapping[str, DatasetEvaluation]) -> tuple[Path, Path]:
-    """``metrics.csv`` (one row per dataset and category, plus means) and ``metrics.json``."""
+    """``metrics.csv`` (one row per dataset and category, plus means; metrics in percent, in the terminal
+    table's order) and ``metrics.json`` (fractions, as computed)."""
     rows = [row for name, ev in evaluations.items() for row in report_rows(name, ev.report)]
-    columns = ["dataset", "category", *sorted({k for row in rows for k in row} - {"dataset", "category"})]
+    names = [ev.report.macro_mean.names() for ev in evaluations.values()]
+    metrics = list(dict.fromkeys(f"{metric} [%]" for per_dataset in names for metric in per_dataset))
+    columns = ["dataset", "category", "images", *metrics]
     cells = ([row.get(column, "") for column in columns] for row in rows)
     csv_path, json_path = output_dir / "metrics.csv", output_dir / "metrics.json"
     write_csv(csv_path, columns, cells, float_format=".6f")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,35 +22,47 @@ from torch.utils.data import Dataset
 import medzsad
 from medzsad.data.datasets import FolderDataset, ManifestDataset
 from medzsad.data.transforms import ClipImageTransform, Intensity
+from medzsad.engine import calibrate as decisions
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths, read_checkpoint_info
-from medzsad.engine.config import ConfigError, RunConfig
+from medzsad.engine.config import ConfigError, RunConfig, method_config_for
 from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
+from medzsad.engine.outputs import mlflow_run_line
 from medzsad.engine.predict import PredictSummary, predict_paths
 from medzsad.engine.preflight import check_device, check_names, check_output_dir, claim_output_dir
 from medzsad.engine.runtime import build_backbone, build_method
 from medzsad.engine.train import TrainResult, saved_run_id, train
 from medzsad.methods.base import ZsadMethod
 from medzsad.metrics import MVTEC_EXACT, aupro_name, binned_variant
-from medzsad.tracking import Curve, Purpose, TrackingConfig, tracked_run
+from medzsad.tracking import Purpose, tracked_run
+from medzsad.tracking.params import param_value
 from medzsad.utils.files import atomic_write_text
+from medzsad.viz import Curve
 
 
 def make_transform(config: RunConfig, image_size: int) -> ClipImageTransform:
     """The image transform the data section describes (official behaviour by default)."""
     data = config.data
-    intensity = Intensity(mode="auto", window=tuple(data.ct_window), percentiles=tuple(data.mri_percentiles))
+    window = tuple(data.ct_window) if isinstance(data.ct_window, list) else data.ct_window
+    try:
+        intensity = Intensity(mode="auto", window=window, percentiles=tuple(data.mri_percentiles))
+    except ValueError as exc:
+        raise ConfigError(f"data.ct_window: {exc}") from None
     return ClipImageTransform(image_size, pad_to_square=data.pad_to_square, intensity=intensity)
 
 
-def tracking_config(config: RunConfig) -> TrackingConfig:
-    section = config.tracking
-    kwargs: dict[str, Any] = {"system_metrics": section.system_metrics, "deidentified": section.deidentified}
-    if section.tracking_uri:
-        kwargs["tracking_uri"] = section.tracking_uri
-    if section.artifact_location:
-        kwargs["artifact_location"] = Path(section.artifact_location)
-    return TrackingConfig(**kwargs)
+def folder_options(config: RunConfig) -> dict[str, Any]:
+    """What the data section says about folders of scans, the same for ``predict`` and ``test``: slice
+    axis, series selection (``data.series``, ``data.modality``) and the user's MONAI transforms."""
+    from medzsad.data.samples import user_transforms
+    from medzsad.data.study import selection_from_values
+
+    data = config.data
+    try:
+        selection = selection_from_values(data.series, data.modality)
+        return {"axis": data.slice_axis, "selection": selection, "user_transforms": user_transforms(data.transforms)}
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _require_trained(method: ZsadMethod, config: RunConfig) -> None:
@@ -94,9 +108,11 @@ def open_dataset(spec: str | Path, config: RunConfig, image_size: int, root: str
         raise ConfigError(f"{location}: dataset not found")
     manifest = location / "meta.json" if location.is_dir() else location
     transform = make_transform(config, image_size)
+    options = folder_options(config)
     if manifest.is_file() and manifest.suffix == ".json":
-        return ManifestDataset(manifest, split=config.data.split, root=root, transform=transform)
-    return FolderDataset(location, axis=config.data.slice_axis, transform=transform)
+        users = options["user_transforms"]
+        return ManifestDataset(manifest, split=config.data.split, root=root, transform=transform, user_transforms=users)
+    return FolderDataset(location, transform=transform, **options)
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -111,10 +127,22 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     method = build_method(config)
     _require_trained(method, config)
     transform = make_transform(config, method.image_size)
+    calibration = decisions.load_for(config, method)
+    writer = decisions.DecisionWriter(calibration, output_dir, config.calibrate.rescaled) if calibration else None
     batch_size, precision, seed = config.eval.batch_size, config.eval.precision, config.eval.seed
-    stop = config.eval.on_error == "stop"
+    options = folder_options(config)
     return predict_paths(
-        method, inputs, output_dir, device, transform, batch_size, precision, seed=seed, stop_on_error=stop
+        method,
+        inputs,
+        output_dir,
+        device,
+        transform,
+        batch_size,
+        precision,
+        seed=seed,
+        options=options,
+        decisions=writer,
+        stop_on_error=config.eval.on_error == "stop",
     )
 
 
@@ -132,6 +160,9 @@ def _claim(output_dir: Path, key: str, config: RunConfig) -> None:
         raise ConfigError(error)
 
 
+# The image-score threshold the review calls a case abnormal at, until calibration provides one.
+REVIEW_IMAGE_THRESHOLD = 0.5
+
 # -- test ------------------------------------------------------------------------------------------
 
 
@@ -142,6 +173,41 @@ def _run_tags(config: RunConfig, method: ZsadMethod) -> dict[str, str]:
         "backbone": identity["backbone"],
         "weight_hash": identity["backbone_sha256"][:16] or identity["backbone_weights"],
     }
+
+
+# Data settings that change the pixels a method sees; the rest of ``data`` names files.
+_DATA_PARAMS = ("split", "pad_to_square", "ct_window", "mri_percentiles", "slice_axis")
+# Settings that change no number (where files go, how many loader processes).
+_NOT_PARAMS = {"output_dir", "num_workers", "resume", "save_maps", "weights_path", "offline"}
+
+
+def run_params(config: RunConfig, purpose: Purpose) -> dict[str, Any]:
+    """The settings that decide a run's numbers, from the typed config: the method and every field
+    of its validated config (defaults included), the backbone, the data/intensity settings, and the
+    ``train`` section for training runs or the ``eval`` section for evaluations."""
+    method_config = method_config_for(config)
+    params: dict[str, Any] = {"method": config.method}
+    params.update({f"method_config.{k}": _param(v) for k, v in dataclasses.asdict(method_config).items()})
+    sections = [("backbone", config.backbone), ("data", config.data)]
+    sections.append(
+        ("train", config.train) if purpose in (Purpose.AUX_TRAIN, Purpose.FINETUNE) else ("eval", config.eval)
+    )
+    for name, section in sections:
+        for key, value in dataclasses.asdict(section).items():
+            if key not in _NOT_PARAMS and (name != "data" or key in _DATA_PARAMS):
+                params[f"{name}.{key}"] = _param(value)
+    return params
+
+
+def _param(value: Any) -> Any:
+    """``value`` if MLflow can show it as a param, else a short digest of it (long prompt lists), so
+    every setting has a key and equal settings compare equal in the runs table."""
+    try:
+        param_value(value)
+        return value
+    except TypeError:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @contextlib.contextmanager
@@ -163,20 +229,23 @@ def _maybe_tracked(
         yield None
         return
     tags = _run_tags(config, method)
+    config_dict = {key: value for key, value in config.to_dict().items() if key != "tracking"}
     with tracked_run(
-        tracking_config(config),
+        config.tracking,
         purpose,
         method=tags["method"],
         backbone=tags["backbone"],
         weight_hash=tags["weight_hash"],
         target_dataset=target,
         aux_data=aux,
-        config_dict=config.to_dict(),
+        config_dict=config_dict,
+        params=run_params(config, purpose),
         code_version=medzsad.__version__,
         forbidden=forbidden,
         resume_run_id=resume_run_id,
     ) as run:
         yield run
+    print(mlflow_run_line(f"{purpose.value} on {target}", run.run_id, run.offline, run.spool_path))
 
 
 def evaluate_config(
@@ -199,25 +268,36 @@ def evaluate_config(
     method = method if method is not None else build_method(config)
     _require_trained(method, config)
     evaluations: dict[str, DatasetEvaluation] = {}
+    calibration = decisions.load_for(config, method)
+    eval_config = decisions.with_pixel_threshold(config.eval, calibration)
     for position, (text, spec) in enumerate(zip(config.data.test, specs), start=1):
         dataset = open_dataset(text, config, method.image_size)
         forbidden = _identifiers(config, dataset)
         check_names([(f"data.test[{position - 1}]", spec.name)], forbidden)
         maps_dir = output_dir / "maps" / spec.name if config.eval.save_maps else None
-        review_limit = 512 if config.tracking.enabled else 0
-        result = evaluate(method, dataset, config.eval, device, spec.name, review_limit, maps_dir=maps_dir)
+        review_limit = config.tracking.review_limit if config.tracking.enabled else 0
+        collector = decisions.collector_for(config.eval, calibration)
+        consumer = decisions.VolumeConsumer(collector)
+        result = evaluate(
+            method, dataset, eval_config, device, spec.name, review_limit, maps_dir=maps_dir, consumer=consumer
+        )
         evaluations[spec.name] = result
         if not main:
             continue
+        one = distributed.world_size() == 1
+        result.decisions = decisions.decide(result.samples, calibration, config.eval, collector, one)
         write_scores(output_dir / f"scores_{spec.name}.csv", result)
+        decisions.write_decisions(output_dir, spec.name, result.decisions)
         if result.skipped:
             print(f"{spec.name}: {len(result.skipped)} sample(s) skipped, listed in skipped_{spec.name}.csv")
         if not quiet:
             print(f"\n{spec.name} ({method.name}; {_pixel_metric_kind(config)})")
-            print(result.report.format_table())
+            print(result.report.format_table(columns=config.eval.columns))
+            print(decisions.format_decisions(result.decisions))
         with _maybe_tracked(config, Purpose.ZERO_SHOT_EVAL, method, spec.name, _aux_data(config), forbidden) as run:
             if run is not None:
                 _log_evaluation(run, result, config)
+                decisions.log_decisions(run, result.decisions, calibration)
     if main:
         csv_path, json_path = write_tables(output_dir, evaluations)
         if not quiet:
@@ -230,7 +310,7 @@ def _identifiers(config: RunConfig, dataset: Dataset) -> frozenset[str]:
     """The identifying header values of ``dataset``'s files, when they can reach MLflow (else none)."""
     if not config.tracking.enabled or not distributed.is_main():
         return frozenset()
-    from medzsad.data.ids import dataset_identifiers
+    from medzsad.data.dicom import dataset_identifiers
 
     return dataset_identifiers(getattr(dataset, "source_files", list)())
 
@@ -254,6 +334,7 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
     metrics["mean"] = dict(report.macro_mean.values)
     run.log_eval(metrics)
     run.log_metrics({"skipped_samples": len(result.skipped)})
+    run.log_dataset(result.name, *_dataset_identity(result))
     if result.accumulator is not None:
         _log_curves(run, result.accumulator.curves(), report.per_category, _aupro_name(config))
     review = result.review
@@ -268,10 +349,53 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
         run.log_review(
             review,
             result.name,
-            image_threshold=0.5,
-            pixel_threshold=config.eval.dice_threshold,
+            image_threshold=result.decisions.image.value if result.decisions else REVIEW_IMAGE_THRESHOLD,
+            pixel_threshold=result.decisions.pixel.value if result.decisions else config.eval.dice_threshold,
             panel_size=config.tracking.review_panel_size,
+            page_limit=config.tracking.page_limit,
+            threshold_origin=_threshold_origin(result, config),
+            context={"method": config.method, "backbone": config.backbone.model_name},
         )
+        _log_volume_figures(run, review, result.name)
+
+
+def _threshold_origin(result: DatasetEvaluation, config: RunConfig) -> str:
+    """Where the review's thresholds come from: the calibration's rule, alpha and n, or the fixed defaults."""
+    if result.decisions is not None:
+        pixel = result.decisions.pixel
+        return f"image score: {result.decisions.image.origin()}; map: {pixel.origin() if pixel else 'none'}"
+    return (
+        f"image score {REVIEW_IMAGE_THRESHOLD:g} (fixed, not calibrated); "
+        f"map {config.eval.dice_threshold:g} (eval.dice_threshold)"
+    )
+
+
+def _dataset_identity(result: DatasetEvaluation) -> tuple[str, dict[str, int]]:
+    """A digest of the evaluated samples (sorted pseudonymous ids and labels: changes when the data
+    does, names no file) and their counts."""
+    digest = hashlib.sha256()
+    for sample_id, label in sorted((s.sample_id, s.label) for s in result.samples):
+        digest.update(f"{sample_id}:{label}\n".encode())
+    labels = [s.label for s in result.samples]
+    volumes = {s.volume_id for s in result.samples if s.volume_id is not None}
+    profile = {
+        "samples": len(labels),
+        "anomalous": sum(1 for label in labels if label == 1),
+        "normal": sum(1 for label in labels if label == 0),
+        "categories": len({s.category for s in result.samples}),
+        "volumes": len(volumes),
+    }
+    return digest.hexdigest()[:16], profile
+
+
+def _log_volume_figures(run: Any, review: Sequence[Any], dataset: str) -> None:
+    """One slice-mosaic figure per labelled volume among the review copies (every lesion slice)."""
+    by_volume: dict[str, list[Any]] = {}
+    for sample in review:
+        if sample.volume_id is not None and sample.mask is not None:
+            by_volume.setdefault(sample.volume_id, []).append(sample)
+    for volume_id, slices in by_volume.items():
+        run.log_volume_slices(sorted(slices, key=lambda s: s.slice_index or 0), volume_id, dataset_name=dataset)
 
 
 def _aupro_name(config: RunConfig) -> str:
@@ -300,6 +424,32 @@ def _log_curves(
         }
         if lines:
             run.log_curves(kind, lines, level=level, fpr_limit=limit)
+
+
+# -- calibrate -------------------------------------------------------------------------------------
+
+
+def run_calibrate(config: RunConfig) -> decisions.Calibration:
+    """Thresholds from the reference scans of ``calibrate.reference`` (rules: docs/decisions.md), written to
+    ``calibrate.output`` and logged to MLflow; the file is refused later by any other model."""
+    if not config.calibrate.reference:
+        raise ConfigError("calibrate.reference: give the reference scans, e.g. calibrate.reference=normals/meta.json")
+    device = distributed.setup(config.device)
+    if distributed.world_size() > 1:
+        raise ConfigError("calibrate: run it in one process (the reference maps' statistics are not merged)")
+    method = build_method(config)
+    _require_trained(method, config)
+    dataset = open_dataset(config.calibrate.reference, config, method.image_size)
+    reference = decisions.ReferenceConsumer()
+    scoring = dataclasses.replace(config.eval, pixel_metrics=False)  # the thresholds need no pixel metrics
+    result = evaluate(method, dataset, scoring, device, "reference", consumer=reference)
+    calibration, notes = decisions.build_calibration(method, result.samples, reference, config)
+    path = decisions.write_calibration(calibration, config.calibrate.output)
+    print(decisions.format_calibration(calibration, path, notes))
+    with _maybe_tracked(config, Purpose.CALIBRATION, method, "reference", _aux_data(config)) as run:
+        if run is not None:
+            decisions.log_calibration(run, calibration)
+    return calibration
 
 
 # -- train -----------------------------------------------------------------------------------------
@@ -372,23 +522,46 @@ def run_table(base: RunConfig, columns: Mapping[str, RunConfig]) -> str:
 
 
 def format_benchmark_table(results: Mapping[str, Mapping[str, DatasetEvaluation]]) -> str:
-    """Markdown: one row per dataset, per method the (image AUROC, AP) and (pixel AUROC, AU-PRO) means."""
+    """Markdown: one row per dataset (with its number of images), per method the (image AUROC, AP) and
+    (pixel AUROC, AU-PRO) macro means in percent, a mean row over the datasets, and a note for every
+    ``–`` saying why the metric is undefined."""
     header = (
-        "| dataset | "
+        "| dataset | images | "
         + " | ".join(f"{label} img (AUROC, AP) | {label} px (AUROC, AU-PRO@0.3 exact)" for label in results)
         + " |"
     )
-    rule = "|---|" + "---|---|" * len(results)
+    rule = "|---|---:|" + "---|---|" * len(results)
     datasets = sorted({name for per_method in results.values() for name in per_method})
     lines = [header, rule]
+    notes: dict[str, list[str]] = {}
     for name in datasets:
+        reports = [per_method[name].report for per_method in results.values() if name in per_method]
+        images = sum(result.counts.get("images", 0) for result in reports[0].per_category.values())
         cells = []
-        for per_method in results.values():
-            values = per_method[name].report.macro_mean.values if name in per_method else {}
-            cells.append(_pair(values, "image_auroc", "image_ap"))
-            cells.append(_pair(values, "pixel_auroc", _aupro_key(values)))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        for label, per_method in results.items():
+            mean = per_method[name].report.macro_mean if name in per_method else None
+            values = mean.values if mean is not None else {}
+            cells += [_pair(values, "image_auroc", "image_ap"), _pair(values, "pixel_auroc", _aupro_key(values))]
+            for reason in sorted(set((mean.undefined if mean is not None else {"all": "not evaluated"}).values())):
+                notes.setdefault(reason, []).append(f"{label} on {name}")
+        lines.append(f"| {name} | {images} | " + " | ".join(cells) + " |")
+    lines.append("| mean | | " + " | ".join(_mean_cells(results, datasets)) + " |")
+    lines += [f"\n– {', '.join(where)}: {reason}" for reason, where in notes.items()]
     return "\n".join(lines)
+
+
+def _mean_cells(results: Mapping[str, Mapping[str, DatasetEvaluation]], datasets: Sequence[str]) -> list[str]:
+    """Per method, the mean over datasets of each dataset's macro mean (``–`` unless defined on all)."""
+    cells = []
+    for per_method in results.values():
+        values: dict[str, float] = {}
+        per_dataset = [per_method[name].report.macro_mean.values for name in datasets if name in per_method]
+        for key in ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro"):
+            found = [d.get(_aupro_key(d) if key == "pixel_aupro" else key) for d in per_dataset]
+            if len(per_dataset) == len(datasets) and found and None not in found:
+                values[key] = sum(found) / len(found)
+        cells += [_pair(values, "image_auroc", "image_ap"), _pair(values, "pixel_auroc", "pixel_aupro")]
+    return cells
 
 
 def _aupro_key(values: Mapping[str, float]) -> str:

@@ -1,16 +1,21 @@
 """``medzsad predict``: anomaly maps, overlays and scores for image files, folders and scan volumes.
 
-For every 2-D image (a PNG/JPEG/TIFF, a DICOM file, each frame of a multi-frame DICOM) it writes
-``maps/<sample_id>.npz`` (float32 map at the image's own resolution), ``overlays/<sample_id>.png``
-(heat map on a fixed [0, 1] colour scale over the image) and a row of ``scores.csv``. A 3-D volume
-(NIfTI, NRRD, a DICOM series folder) is scored slice by slice and its map written back on the scan's
-own grid as ``volumes/<volume_id>_map.nii.gz``.
+The inputs (files, folders, DICOMDIRs) are grouped by the data layer's study grouper, as ``test`` groups
+them (:class:`medzsad.data.datasets.FolderDataset`). For every 2-D image (a PNG/JPEG/TIFF, a lone DICOM
+file, each frame of a colour multi-frame DICOM) it writes ``maps/<sample_id>.npz`` (float32 map at the
+image's own resolution), ``overlays/<sample_id>.png`` (heat map on a fixed [0, 1] colour scale over the
+image) and a row of ``scores.csv`` (its ``intensity`` column records the CT window or scaling used,
+e.g. ``window -600/1500 lung`` for a chest CT). Each volume (NIfTI, NRRD, every DICOM series and grey
+multi-frame file of a study export) is scored slice by slice along ``data.slice_axis`` (``native`` by
+default) and its map written back on the scan's own grid as ``volumes/<volume_id>_map.nii.gz`` (voxel
+order: see :func:`medzsad.data.volumes.write_nifti`). Localizers, secondary captures and SEG/RT/SR
+objects are reported as skipped, with their reasons.
 
 File names and tables carry pseudonymous sample ids only; ``sample_index.local.csv`` maps them back to
 the inputs for the user and must not be shared or logged. An unreadable input is reported on one line
 and skipped; the other inputs are still processed.
 
-Under ``torchrun`` the expanded list of inputs (files and series folders, in sorted order) is cut into
+Under ``torchrun`` the list of items (series, multi-frame files and images, in input order) is cut into
 one contiguous block per process; each process writes the maps, overlays and volumes of its inputs and
 rank 0 writes ``scores.csv`` and ``sample_index.local.csv`` with every process's rows, in input order.
 """
@@ -26,26 +31,27 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
+from medzsad.data.datasets import FolderDataset
 from medzsad.data.errors import DataError
 from medzsad.data.ids import pseudonymous_id
-from medzsad.data.readers import detect_format, iter_image_files, read_frames
 from medzsad.data.records import Batch, Sample, SampleResult, collate_samples
+from medzsad.data.study import Item
 from medzsad.data.transforms import ClipImageTransform, map_to_original
-from medzsad.data.volumes import Volume, read_volume, reassemble, volume_samples, write_nifti
+from medzsad.data.volumes import Volume, reassemble, volume_samples, write_nifti
 from medzsad.engine import distributed
-from medzsad.engine.evaluate import display_images
+from medzsad.engine.calibrate import DecisionWriter
 from medzsad.engine.inference import KeyedBatch, predict_batches
 from medzsad.engine.randomness import NoiseKey
 from medzsad.engine.skipping import live_tables, pathless
 from medzsad.methods.base import ZsadMethod
-from medzsad.tracking.render import MapScale, heat_rgb
 from medzsad.utils.files import atomic_write_bytes
+from medzsad.utils.progress import progress
 from medzsad.utils.tables import write_csv
+from medzsad.viz import MapScale, display_images
+from medzsad.viz.render import render_overlay
 
-VOLUME_FORMATS = {"nifti", "nrrd", "itk", "dicom_series"}
-SCORES_HEADER = ("sample_id", "kind", "score", "height", "width", "volume_id", "slice_index")
+SCORES_HEADER = ("sample_id", "kind", "score", "height", "width", "volume_id", "slice_index", "intensity")
 INDEX_HEADER = ("sample_id", "source")
 OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image
 
@@ -60,35 +66,20 @@ class PredictSummary:
     failures: list[str] = field(default_factory=list)
 
 
-def _is_volume(path: Path) -> bool:
-    fmt = detect_format(path)
-    if fmt not in VOLUME_FORMATS:
-        return False
-    if fmt == "dicom_series":
-        return True
-    return min(read_volume(path).shape) > 1
+def scan_predict_inputs(
+    inputs: Iterable[str | Path], transform: ClipImageTransform, options: dict | None = None
+) -> FolderDataset:
+    """The inputs as the data layer's study grouper and sample builder see them (the same as ``test``):
+    each DICOM series or multi-frame file a volume, every other image its own samples, skipped objects
+    listed with their reasons."""
+    return FolderDataset(list(inputs), transform=transform, **{"axis": "native", **(options or {})})
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> Iterator[Path]:
-    """Files and volume folders to score: folders of images are walked, DICOM series folders kept whole."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir() and not any(p.is_dir() for p in path.iterdir()) and _holds_only_dicom(path):
-            yield path
-        elif path.is_dir():
-            yield from iter_image_files(path)
-        else:
-            yield path
-
-
-def _holds_only_dicom(folder: Path) -> bool:
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if not files:
-        return False
-    try:
-        return all(detect_format(p) == "dicom" for p in files)
-    except DataError:
-        return False
+def samples_from_file(path: Path, transform: ClipImageTransform) -> list[Sample]:
+    """One unlabelled sample per 2-D image in ``path`` (one per frame of a colour multi-frame DICOM), as
+    ``predict`` and ``test`` build them (the data layer's grouper and sample builder)."""
+    dataset = scan_predict_inputs([path], transform)
+    return [sample for item in dataset.study.items for sample in dataset.item_samples(item)]
 
 
 @dataclass
@@ -99,7 +90,9 @@ class _OpenVolume:
     volume_id: str
     source: Path
     slices: int
+    axis: int = 0
     maps: dict[int, np.ndarray] = field(default_factory=dict)
+    scores: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +118,7 @@ class Predictor:
         batch_size: images per forward pass.
         precision: "fp32", "bf16" or "fp16".
         seed: run seed of the random draws of sampling methods (per input and frame).
+        decisions: writes decisions and masks from a calibration (:class:`~medzsad.engine.calibrate.DecisionWriter`).
     """
 
     def __init__(
@@ -136,7 +130,9 @@ class Predictor:
         batch_size: int = 8,
         precision: str = "fp32",
         seed: int = 0,
+        decisions: DecisionWriter | None = None,
     ) -> None:
+        self.decisions = decisions
         self.method = method.to(device).eval()
         self.method.backbone.set_precision(precision)
         self.output_dir = Path(output_dir)
@@ -153,10 +149,17 @@ class Predictor:
         self.skipped: list[tuple[str, str]] = []  # (pseudonymous id, problem) of each skipped input
         self._pending: deque[_Pending] = deque()
 
-    def run(self, paths: Sequence[Path], first: int, summary: PredictSummary, report: Callable[[str], None]) -> None:
-        """Score ``paths`` (inputs ``first, first + 1, ...`` of the run: their noise keys); unreadable
-        inputs are reported and counted in ``summary.failures``."""
-        batches = self._batches(paths, first, summary, report)
+    def run(
+        self,
+        dataset: FolderDataset,
+        items: Sequence[Item],
+        first: int,
+        summary: PredictSummary,
+        report: Callable[[str], None],
+    ) -> None:
+        """Score ``items`` of ``dataset`` (items ``first, first + 1, ...`` of the run: their noise keys);
+        unreadable ones are reported and counted in ``summary.failures``."""
+        batches = self._batches(dataset, items, first, summary, report)
         for batch in predict_batches(self.method, batches, self.device, self.seed):
             self._write(batch, self._pending.popleft())
         if self.stopped is not None:
@@ -164,18 +167,23 @@ class Predictor:
 
     # -- reading: keyed batches for the loop -------------------------------------------------------
     def _batches(
-        self, paths: Sequence[Path], first: int, summary: PredictSummary, report: Callable[[str], None]
+        self,
+        dataset: FolderDataset,
+        items: Sequence[Item],
+        first: int,
+        summary: PredictSummary,
+        report: Callable[[str], None],
     ) -> Iterator[KeyedBatch]:
         images: list[tuple[Sample, NoiseKey, Path]] = []
-        quiet = None if distributed.is_main() else True  # tqdm: None hides the bar only off a terminal
-        for position, path in enumerate(tqdm(paths, desc="predict", disable=quiet), start=first):
+        for position, item in enumerate(progress(items, "predict", enabled=distributed.is_main()), start=first):
+            path = item.source
             try:
-                if _is_volume(path):
+                if dataset.is_volume(item):
                     yield from self._flush(images)
-                    yield from self._volume_batches(path, position)
+                    yield from self._volume_batches(dataset, item, position)
                     summary.volumes += 1
                     continue
-                samples = samples_from_file(path, self.transform)
+                samples = dataset.item_samples(item)
             except (DataError, MemoryError) as exc:
                 self._skip(_as_data_error(exc, path), path, summary, report)
                 if self.stopped is not None:
@@ -194,12 +202,13 @@ class Predictor:
             yield self._collate([sample for sample, _, _ in images]), [key for _, key, _ in images]
             images.clear()
 
-    def _volume_batches(self, path: Path, position: int) -> Iterator[KeyedBatch]:
-        volume = read_volume(path)
-        volume_id = pseudonymous_id(volume.identity or str(path.resolve()))
-        open_volume = _OpenVolume(volume, volume_id, path, volume.n_slices())
+    def _volume_batches(self, dataset: FolderDataset, item: Item, position: int) -> Iterator[KeyedBatch]:
+        volume = dataset.load_volume(item)
+        volume_id = pseudonymous_id(volume.identity or str(item.source.resolve()))
+        axis = volume.resolve_axis(dataset.axis)
+        open_volume = _OpenVolume(volume, volume_id, item.source, volume.n_slices(axis), axis)
         chunk: list[Sample] = []
-        for sample in volume_samples(volume, transform=self.transform):
+        for sample in volume_samples(volume, axis=axis, builder=dataset.builder):
             chunk.append(sample)
             if len(chunk) == self.batch_size:
                 yield self._volume_chunk(chunk, open_volume, position)
@@ -220,34 +229,45 @@ class Predictor:
         results = batch.results()
         maps = batch.anomaly_map.numpy()
         if pending.volume is not None:
-            self._add_slices(pending.volume, results, maps)
+            self._add_slices(pending.volume, results, maps, [meta.get("intensity") for meta in batch.meta])
             return
         pixels = display_images(batch.image)
-        for result, amap, image, source in zip(results, maps, pixels, pending.sources):
-            self._write_image_outputs(result, amap, image, source)
+        for result, amap, image, source, meta in zip(results, maps, pixels, pending.sources, batch.meta):
+            self._write_image_outputs(result, amap, image, source, meta.get("intensity"))
 
-    def _write_image_outputs(self, result: SampleResult, amap: np.ndarray, image: np.ndarray, source: Path) -> None:
+    def _write_image_outputs(
+        self, result: SampleResult, amap: np.ndarray, image: np.ndarray, source: Path, intensity: str | None
+    ) -> None:
         height, width = result.original_size
         full = map_to_original(amap, (height, width), pad_to_square=self.transform.pad_to_square)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, anomaly_map=full, score=np.float32(result.score))
         atomic_write_bytes(self.output_dir / "maps" / f"{result.sample_id}.npz", buffer.getvalue())
-        atomic_write_bytes(self.output_dir / "overlays" / f"{result.sample_id}.png", overlay_png(image, full))
-        self._add([result.sample_id, "image", result.score, height, width, None, None], 0)
+        caption = f"{result.sample_id} | score {result.score:.3g} | {intensity or 'as stored'}"
+        atomic_write_bytes(self.output_dir / "overlays" / f"{result.sample_id}.png", overlay_png(image, full, caption))
+        self._add([result.sample_id, "image", result.score, height, width, None, None, intensity], 0)
+        if self.decisions is not None:
+            self.decisions.image(result.sample_id, result.score, full)
         self._add([result.sample_id, str(source)], 1)
 
-    def _add_slices(self, open_volume: _OpenVolume, results: list[SampleResult], maps: np.ndarray) -> None:
+    def _add_slices(
+        self, open_volume: _OpenVolume, results: list[SampleResult], maps: np.ndarray, windows: list[str | None]
+    ) -> None:
         pad = self.transform.pad_to_square
-        for result, amap in zip(results, maps):
+        for result, amap, intensity in zip(results, maps, windows):
             index = int(result.slice_index or 0)
             open_volume.maps[index] = map_to_original(amap, result.original_size, pad_to_square=pad)
             volume_id = open_volume.volume_id
-            self._add([f"{volume_id}:{index}", "slice", result.score, None, None, volume_id, index], 0)
+            self._add([f"{volume_id}:{index}", "slice", result.score, None, None, volume_id, index, intensity], 0)
+            open_volume.scores.append(result.score)
         if len(open_volume.maps) == open_volume.slices:
             indices = sorted(open_volume.maps)
-            map_volume = reassemble([open_volume.maps[i] for i in indices], open_volume.volume, "axial", indices)
+            maps = [open_volume.maps[i] for i in indices]
+            map_volume = reassemble(maps, open_volume.volume, open_volume.axis, indices)
             path = self.output_dir / "volumes" / f"{open_volume.volume_id}_map.nii.gz"
             write_nifti(map_volume, open_volume.volume, path)
+            if self.decisions is not None:
+                self.decisions.volume(open_volume.volume_id, open_volume.volume, map_volume, open_volume.scores)
             self._add([open_volume.volume_id, str(open_volume.source)], 1)
             open_volume.maps.clear()
 
@@ -269,28 +289,28 @@ class Predictor:
         """Write the CSVs; under torchrun rank 0 writes every process's rows, in rank order."""
         for table in self._live:
             table.close()
-        parts = distributed.gather_objects((self.rows, self.index_rows, self.skipped))
+        own = self.decisions.rows if self.decisions is not None else []
+        parts = distributed.gather_objects((self.rows, self.index_rows, own, self.skipped))
         if parts is None:
             return
+        if self.decisions is not None:
+            self.decisions.finish([row for part in parts for row in part[2]])
         rows = [row for part in parts for row in part[0]]
         index_rows = [row for part in parts for row in part[1]]
         write_csv(self.output_dir / "scores.csv", SCORES_HEADER, rows)
         write_csv(self.output_dir / "sample_index.local.csv", INDEX_HEADER, index_rows)
-        skipped = [row for part in parts for row in part[2]]
+        skipped = [row for part in parts for row in part[3]]
         if skipped:
             write_csv(self.output_dir / "skipped.csv", ("sample_id", "problem"), skipped)
         for partial in self.output_dir.glob(".*.partial*.csv"):
             partial.unlink(missing_ok=True)
 
 
-def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> bytes:
-    """PNG bytes: the heat map (fixed [0, 1] scale) blended over the image, at the map's resolution."""
-    height, width = anomaly_map.shape
-    base = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR), dtype=np.float32)
-    heat = heat_rgb(anomaly_map, OVERLAY_SCALE).astype(np.float32)
-    blended = ((1 - alpha) * base + alpha * heat).round().clip(0, 255).astype(np.uint8)
+def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, caption: str = "") -> bytes:
+    """PNG bytes: the heat map (fixed [0, 1] scale) over the image at the map's resolution, the
+    caption (id, score, display window) above and a colour bar with numbers beneath."""
     buffer = io.BytesIO()
-    Image.fromarray(blended).save(buffer, format="PNG")
+    Image.fromarray(render_overlay(image, anomaly_map, OVERLAY_SCALE, caption)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -298,24 +318,6 @@ def _as_data_error(exc: BaseException, path: Path) -> DataError:
     if isinstance(exc, DataError):
         return exc
     return DataError(path, "not enough memory to decode it")  # a MemoryError from a decoder
-
-
-def samples_from_file(path: Path, transform: ClipImageTransform) -> list[Sample]:
-    """One sample per 2-D image in ``path`` (one per frame for multi-frame DICOM), without labels."""
-    samples = []
-    for frame in read_frames(path):
-        samples.append(
-            Sample(
-                image=transform(frame.array, modality=frame.modality),
-                mask=None,
-                label=-1,
-                category="",
-                sample_id=pseudonymous_id(frame.identity),
-                original_size=frame.size,
-                meta=frame.meta,
-            )
-        )
-    return samples
 
 
 def predict_paths(
@@ -329,6 +331,8 @@ def predict_paths(
     report: Callable[[str], None] = print,
     seed: int = 0,
     stop_on_error: bool = False,
+    options: dict | None = None,
+    decisions: DecisionWriter | None = None,
 ) -> PredictSummary:
     """Score every input; unreadable ones are reported (one line each), skipped and listed in ``skipped.csv``
     (pseudonymous id and problem), or with ``stop_on_error`` the first one stops the run. Rows of
@@ -338,14 +342,18 @@ def predict_paths(
     the returned summary (counts, failures) covers every process's inputs, on every process.
     """
     summary = PredictSummary(Path(output_dir))
-    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, seed)
+    predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, seed, decisions)
     predictor.stop_on_error = stop_on_error
     inputs = list(inputs)
-    paths = list(expand_inputs(inputs))
-    if not paths:
+    dataset = scan_predict_inputs(inputs, transform, options)
+    if distributed.is_main():
+        for skipped in dataset.skipped:
+            report(f"skipped: {skipped}")
+    items = dataset.study.items
+    if not items:
         raise DataError(Path(*[str(i) for i in inputs][:1] or ["."]), "no images or scans found")
-    block = distributed.shard_range(len(paths))
-    predictor.run(paths[block.start : block.stop], block.start, summary, report)
+    block = distributed.shard_range(len(items))
+    predictor.run(dataset, items[block.start : block.stop], block.start, summary, report)
     predictor.finish()
     if distributed.world_size() > 1:
         parts = distributed.all_gather_objects((summary.images, summary.volumes, summary.failures))

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from medzsad.data.records import Batch, collate_samples
 from medzsad.engine import distributed
@@ -36,6 +35,7 @@ from medzsad.engine.randomness import method_noise
 from medzsad.engine.runtime import loader_workers
 from medzsad.methods.base import BatchTerm, ZsadMethod
 from medzsad.utils.files import atomic_path
+from medzsad.utils.progress import progress
 
 STATE_FILE = "state.pt"
 EpochCallback = Callable[[int, Mapping[str, float]], None]
@@ -439,9 +439,8 @@ def _run_epoch(
     special = batch_level_terms(method)
     totals: dict[str, float] = {}
     method.train()
-    quiet = None if distributed.is_main() else True  # tqdm: None hides the bar only off a terminal
-    progress = tqdm(loader, total=steps, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=quiet)
-    for share, batch in zip(shares, progress):
+    bar = progress(loader, f"epoch {epoch}/{config.epochs}", total=steps, enabled=distributed.is_main())
+    for batch, share in zip(bar, shares):  # bar first: it counts the last step before zip stops
         _check_labels(batch)
         batch = batch.to(device, non_blocking=True)
         noise = share_noise(method, share, config.seed, epoch)
@@ -453,6 +452,6 @@ def _run_epoch(
             terms = _distributed_step(model, method, batch, share, special, optimizer, scaler, device, noise)
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + value
-        progress.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("total", "image_ce")})
-    progress.close()
+        bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("total", "image_ce")})
+    bar.close()
     return {name: value / steps for name, value in totals.items()}

@@ -308,7 +308,7 @@ class MetricAccumulator:
                     precision, recall, _ = precision_recall_curve(labels, scores)
                     curves["image_roc"] = (fpr, tpr)
                     curves["image_pr"] = (recall, precision)
-            if state.images and state.images_without_masks == 0:
+            if state.images_without_masks < state.images:
                 result = self._aupro(state.pixels)
                 if result is not None:
                     curves["pixel_pro"] = (result.fpr, result.pro)
@@ -339,10 +339,13 @@ class MetricAccumulator:
         variant = MVTEC_EXACT if self.pixel_bins is None else binned_variant(self.pixel_bins)
         names = pixel_metric_names(self.fpr_limit, self.include_cflow200, variant)
         names += [p + threshold_suffix(t) for t in self.segmentation_thresholds for p in SEGMENTATION_PREFIXES]
-        missing = _missing_reason(state.images_without_masks, state.images, "masks")
-        if missing:
-            undefined.update(dict.fromkeys(names, missing))
+        if state.images_without_masks == state.images:
+            undefined.update(dict.fromkeys(names, "no masks given"))
             return
+        if state.images_without_masks:
+            # Over the images that have masks, with the count in the report: one anomalous image without
+            # a mask must not blank its whole category's pixel metrics.
+            counts["pixel_metric_images"] = state.images - state.images_without_masks
         if isinstance(state.pixels, BinnedPixelStatistics):
             pixel_values, pixel_undefined = state.pixels.metrics(self.fpr_limit)
             counts.update(state.pixels.counts())

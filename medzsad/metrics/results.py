@@ -7,7 +7,7 @@ or 0: it is absent from the values and present in ``undefined`` with the reason,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,20 @@ class MetricSet(Mapping[str, float]):
 
 
 _FIXED_ORDER = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max")
+
+#: The terminal table's default metrics: about 113 characters wide with a category name of 17.
+COMPACT_COLUMNS = (*_FIXED_ORDER, "pixel_aupro")
+
+
+def select_columns(names: Sequence[str], columns: Sequence[str] | None) -> list[str]:
+    """The metrics of ``names`` that ``columns`` asks for (exact names or prefixes), in paper order;
+    ``None`` means :data:`COMPACT_COLUMNS` and ``["all"]`` every metric."""
+    wanted = COMPACT_COLUMNS if columns is None else tuple(columns)
+    if "all" in wanted:
+        return list(names)
+    return [name for name in names if any(name == c or name.startswith(c) for c in wanted)]
+
+
 _PREFIX_ORDER = ("pixel_aupro", "dice", "iou", "normal_fp_pixel_rate", "normal_fp_image_rate")
 
 
@@ -170,16 +184,33 @@ class MetricsReport:
             "variants": dict(self.variants),
         }
 
-    def format_table(self, percent: bool = True, digits: int = 1) -> str:
-        """Text table, one row per category plus the macro mean; ``n/a`` marks undefined metrics."""
-        names = self.macro_mean.names()
+    def format_table(self, percent: bool = True, digits: int = 1, columns: Sequence[str] | None = None) -> str:
+        """Text table, one row per category plus the macro mean; ``n/a`` marks undefined metrics.
+
+        ``columns``: metric names or prefixes (``pixel_aupro``, ``dice``), ``["all"]`` for every metric;
+        ``None`` for :data:`COMPACT_COLUMNS`, which fit a 120-column terminal."""
+        names = select_columns(self.macro_mean.names(), columns)
         rows = [["category", *names]]
         for category, result in [*self.per_category.items(), ("macro mean", self.macro_mean)]:
             rows.append([category, *(_format_cell(result, name, percent, digits) for name in names)])
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
-        notes = [f"{name}: {reason}" for name, reason in self.macro_mean.undefined.items()]
-        return "\n".join(lines + ([""] + ["n/a " + note for note in notes] if notes else []))
+        return "\n".join(lines + self.notes())
+
+    def notes(self) -> list[str]:
+        """Lines under the table: each reason for ``n/a`` once with the metrics it blanks, and the
+        categories whose pixel metrics cover only the images that have masks."""
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in self.macro_mean.undefined.items():
+            by_reason.setdefault(reason, []).append(name)
+        notes = [f"n/a {', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+        for category, result in self.per_category.items():
+            used = result.counts.get("pixel_metric_images")
+            if used is not None:
+                notes.append(
+                    f"{category}: pixel metrics over the {used} of {result.counts['images']} images that have masks"
+                )
+        return ["", *notes] if notes else []
 
 
 def _format_cell(result: MetricSet, name: str, percent: bool, digits: int) -> str:

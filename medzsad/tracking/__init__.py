@@ -4,40 +4,34 @@ Fed by the engine with plain data (numbers, arrays, pseudonymous ids); decides n
 a method computes. See docs/tracking.md.
 """
 
-from medzsad.tracking.config import Purpose, TrackingConfig, sqlite_uri
-from medzsad.tracking.params import DEFAULT_PARAM_ALLOW, config_hash, select_params
-from medzsad.tracking.phi import PHIError, find_phi, forbidden_values, phi_guard
-from medzsad.tracking.render import Curve, MapScale
-from medzsad.tracking.review import ReviewSample, ReviewSummary
-from medzsad.tracking.run import (
-    CheckpointFiles,
-    TrackedRun,
-    load_checkpoint_from_run,
-    tracked_run,
-    upload_spool,
-)
-from medzsad.tracking.ui import UIServer, serve_ui
+from medzsad.utils.lazy import lazy_exports
 
-__all__ = [
-    "DEFAULT_PARAM_ALLOW",
-    "CheckpointFiles",
-    "Curve",
-    "MapScale",
-    "PHIError",
-    "Purpose",
-    "ReviewSample",
-    "ReviewSummary",
-    "TrackedRun",
-    "TrackingConfig",
-    "UIServer",
-    "config_hash",
-    "find_phi",
-    "forbidden_values",
-    "load_checkpoint_from_run",
-    "phi_guard",
-    "select_params",
-    "serve_ui",
-    "sqlite_uri",
-    "tracked_run",
-    "upload_spool",
-]
+# Imported on first use: `engine.config` reads the settings dataclass (`tracking.config`) without
+# loading MLflow, torch or the renderers (`medzsad prepare list` and config errors stay fast).
+_EXPORTS = {
+    "DEFAULT_PARAM_ALLOW": "params",
+    "CheckpointFiles": "run",
+    "Curve": "run",
+    "MapScale": "run",
+    "PHIError": "phi",
+    "Purpose": "config",
+    "ReviewSample": "review",
+    "ReviewSummary": "review",
+    "TrackedRun": "run",
+    "TrackingConfig": "config",
+    "UIServer": "ui",
+    "config_hash": "params",
+    "find_phi": "phi",
+    "forbidden_values": "phi",
+    "load_checkpoint_from_model": "run",
+    "load_checkpoint_from_run": "run",
+    "phi_guard": "phi",
+    "select_params": "params",
+    "serve_ui": "ui",
+    "sqlite_uri": "config",
+    "tracked_run": "run",
+    "upload_spool": "run",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

@@ -19,7 +19,12 @@ from urllib.parse import urlsplit
 
 from medzsad.tracking.config import Purpose, TrackingConfig
 
-__all__ = ["MlflowBackend", "quiet_mlflow", "redact_uri"]
+__all__ = ["EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "MlflowBackend", "quiet_mlflow", "redact_uri"]
+
+# The experiment kind MLflow's UI reads to choose its view: without it, MLflow 3 opens an
+# experiment in GenAI mode (traces, tokens, cost) and shows no runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # MLflow's LogBatch limits per request.
 _MAX_PARAMS = 100
@@ -106,10 +111,14 @@ class MlflowBackend:
         name = purpose.experiment_name
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older medzsad
+                self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return experiment.experiment_id
         try:
             return self.client.create_experiment(
-                name, artifact_location=self.config.experiment_artifact_location(purpose)
+                name,
+                artifact_location=self.config.experiment_artifact_location(purpose),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except MlflowException:
             # Another process may have created it in between; anything else re-raises below.
@@ -190,8 +199,50 @@ class MlflowBackend:
         elif kind == "table":
             data = json.loads((files / op["file"]).read_text(encoding="utf-8"))
             self.client.log_table(run_id, data=data, artifact_file=op["artifact_file"])
+        elif kind == "logged_model":
+            self._log_model(run_id, op, files)
+        elif kind == "dataset":
+            self._log_dataset(run_id, op)
         else:
             raise ValueError(f"unknown spooled operation {kind!r}")
+
+    def _log_model(self, run_id: str, op: dict[str, Any], files: Path) -> None:
+        """The checkpoint folder as an MLflow 3 logged model of the run (the Models tab), tagged
+        on the run as ``checkpoint_model_id``."""
+        from mlflow.entities import LoggedModelOutput
+
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        model = self.client.create_logged_model(
+            experiment_id, name=op["name"], source_run_id=run_id, tags=op.get("tags"), model_type="medzsad-prompts"
+        )
+        self.client.log_model_artifacts(model.model_id, str(files / op["dir"]))
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=op.get("step", 0))])
+        self.client.set_tag(run_id, "checkpoint_model_id", model.model_id, synchronous=True)
+
+    def download_model(self, model_id: str, dst_dir: Path) -> Path:
+        from mlflow.artifacts import download_artifacts
+
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        # The model's own artifact location: a ``models:/<id>`` URI would be resolved against the
+        # process-wide tracking URI, not this config's store.
+        location = self.client.get_logged_model(model_id).artifact_location
+        return Path(download_artifacts(artifact_uri=location, dst_path=str(dst_dir)))
+
+    def _log_dataset(self, run_id: str, op: dict[str, Any]) -> None:
+        """An evaluated dataset as an MLflow dataset input (the runs table's Dataset column): its
+        name, content digest and counts; the source is the name, never a path."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=op["name"],
+            digest=op["digest"],
+            source_type="medzsad",
+            source=json.dumps({"dataset": op["name"]}),
+            profile=json.dumps(op["profile"]),
+        )
+        context = InputTag("mlflow.data.context", op.get("context", "evaluation"))
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
 
     def download_checkpoint(self, run_id: str, dst_dir: Path) -> Path:
         dst_dir.mkdir(parents=True, exist_ok=True)

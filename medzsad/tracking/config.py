@@ -16,6 +16,7 @@ class Purpose(str, Enum):
     AUX_TRAIN = "aux-train"
     FINETUNE = "finetune"
     ZERO_SHOT_EVAL = "zero-shot-eval"
+    CALIBRATION = "calibration"
 
     @property
     def experiment_name(self) -> str:
@@ -58,6 +59,14 @@ class TrackingConfig:
             the run goes straight to the spool.
         telemetry: leave MLflow's usage telemetry on. Off by default: clinical networks rarely
             allow outbound calls; an explicit ``MLFLOW_DISABLE_TELEMETRY`` in the environment wins.
+        enabled: the engine's jobs log runs at all (``tracking.enabled=false`` turns MLflow off).
+        review_panel_size: examples per dataset in the stepped image-card panel.
+        review_limit: most samples per dataset whose downscaled copies the evaluation keeps for
+            review (the review page embeds at most ``page_limit`` of them, worst errors first).
+        page_limit: most slices embedded in one review page (bounds its size: up to ~85 kB each).
+
+    It is the ``tracking`` section of :class:`~medzsad.engine.config.RunConfig`, so every field
+    can be set from YAML or as ``tracking.<field>=...``.
     """
 
     tracking_uri: str = field(default_factory=_default_tracking_uri)
@@ -69,10 +78,20 @@ class TrackingConfig:
     param_allow: tuple[str, ...] = DEFAULT_PARAM_ALLOW
     probe_timeout_s: float = 3.0
     telemetry: bool = False
+    enabled: bool = True
+    review_panel_size: int = 8
+    review_limit: int = 512
+    page_limit: int = 200
 
     def __post_init__(self) -> None:
+        if self.tracking_uri is None:  # YAML ``tracking_uri: null``: the default store
+            self.tracking_uri = _default_tracking_uri()
         self.artifact_location = Path(self.artifact_location).resolve()
         self.spool_dir = Path(self.spool_dir).resolve()
+        self.param_allow = tuple(self.param_allow)  # YAML gives a list
+        for name in ("review_panel_size", "review_limit", "page_limit"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"tracking.{name} must be >= 0, got {getattr(self, name)}")
         scheme = self.tracking_uri.split(":", 1)[0].lower() if ":" in self.tracking_uri else ""
         if scheme in ("", "file") or len(scheme) == 1:  # a bare path, file:, or a Windows drive
             raise ValueError(

@@ -27,34 +27,20 @@ __all__ = [
 
 ParamValue = bool | int | float | str | None | list | tuple
 
-#: Glob patterns of flattened (dotted) config keys that may become params.
+#: Glob patterns of flattened (dotted) config keys that may become params: the shape of the
+#: engine's ``RunConfig`` (``engine.jobs.run_params``). Data keys are listed one by one because
+#: the rest of ``data`` names files.
 DEFAULT_PARAM_ALLOW: tuple[str, ...] = (
-    "seed",
     "method",
-    "method.*",
-    "model.*",
+    "method_config.*",
     "backbone.*",
-    "prompt.*",
-    "prompts.*",
     "train.*",
-    "training.*",
-    "finetune.*",
-    "optim.*",
-    "optimizer.*",
-    "scheduler.*",
     "eval.*",
-    "evaluation.*",
-    "metrics.*",
-    "data.name",
-    "data.dataset",
-    "data.modality",
-    "data.image_size",
-    "data.batch_size",
+    "data.split",
+    "data.pad_to_square",
+    "data.ct_window",
+    "data.mri_percentiles",
     "data.slice_axis",
-    "data.window*",
-    "data.intensity*",
-    "data.spacing*",
-    "data.categories",
 )
 
 #: Glob patterns of key leaves that never become params even under an allowed section: these
@@ -68,7 +54,9 @@ DEFAULT_PARAM_DENY: tuple[str, ...] = (
     "*url*",
     "*salt*",
     "*secret*",
-    "*token*",
+    "token",
+    "*_token",
+    "*api_token*",
     "*password*",
     "*_key",
     "*host*",

@@ -5,7 +5,7 @@ opens the UI, and keeps them in its database. So each such string is checked aga
 identifiers that leak from clinical data (absolute source paths, DICOM UIDs, dates, DICOM person
 names) and against the identifying values of the data the run was fed (patient names and ids,
 accession numbers, institution names read from the headers). Those values are not a global: the
-engine reads them from the data layer (:func:`medzsad.data.ids.dataset_identifiers`) and hands them
+engine reads them from the data layer (:func:`medzsad.data.dicom.dataset_identifiers`) and hands them
 to the run (``tracked_run(..., forbidden=...)``), which passes them to every check here.
 """
 

@@ -12,48 +12,22 @@ import itertools
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from medzsad.tracking.phi import phi_guard
+from medzsad.viz.sample import ReviewSample
 
-__all__ = ["ReviewSample", "ReviewSelector", "ReviewSummary"]
+__all__ = ["ReviewSelector", "ReviewSummary", "checked_id"]
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-@dataclass(frozen=True)
-class ReviewSample:
-    """One scored sample as the engine hands it over for review.
-
-    Attributes:
-        sample_id: pseudonymous id from the data layer (letters, digits, ``_ . -``), never a
-            file name, UID or patient id.
-        category: dataset category, e.g. ``brain_mri``.
-        score: image-level anomaly score.
-        label: 1 anomalous, 0 normal.
-        image: display pixels, uint8 [H, W, 3] (or [H, W]).
-        anomaly_map: float32 [h, w] pixel scores; resized to the image for display.
-        mask: ground truth, bool [H, W], or None where the dataset has no masks.
-        burned_in_text: the source may carry burned-in text (e.g. ultrasound, secondary capture).
-    """
-
-    sample_id: str
-    category: str
-    score: float
-    label: int
-    image: np.ndarray
-    anomaly_map: np.ndarray
-    mask: np.ndarray | None = None
-    burned_in_text: bool = False
-
-    def checked_id(self) -> str:
-        """The sample id after the PHI guard and a file-name check (it names overlay files)."""
-        phi_guard(self.sample_id, "sample_id")
-        if not _SAFE_ID.match(self.sample_id):
-            raise ValueError(
-                f"sample_id must be 1-128 letters, digits, '_', '.', '-' (it names files), got {self.sample_id!r}"
-            )
-        return self.sample_id
+def checked_id(sample: ReviewSample) -> str:
+    """The sample id after the PHI guard and a file-name check (it names overlay files)."""
+    phi_guard(sample.sample_id, "sample_id")
+    if not _SAFE_ID.match(sample.sample_id):
+        raise ValueError(
+            f"sample_id must be 1-128 letters, digits, '_', '.', '-' (it names files), got {sample.sample_id!r}"
+        )
+    return sample.sample_id
 
 
 @dataclass
@@ -67,6 +41,7 @@ class ReviewSummary:
     false_negative_ids: list[str] = field(default_factory=list)
     overlay_dir: str = ""
     table_file: str = ""
+    page_file: str = ""
     scale: tuple[float, float] = (0.0, 1.0)
 
 

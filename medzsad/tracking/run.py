@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import shutil
 import tempfile
@@ -29,11 +30,20 @@ from medzsad.tracking.backend import MlflowBackend, now_ms, quiet_mlflow, redact
 from medzsad.tracking.config import Purpose, TrackingConfig
 from medzsad.tracking.params import config_hash, is_allowed_key, param_value, select_params
 from medzsad.tracking.phi import Forbidden, PHIError, forbidden_values, guard_mapping, phi_guard, scrub_tree
-from medzsad.tracking.render import Curve, CurveKind, MapScale, curve_figure, render_tile, render_volume
-from medzsad.tracking.review import ReviewSample, ReviewSelector, ReviewSummary
+from medzsad.tracking.review import ReviewSelector, ReviewSummary, checked_id
 from medzsad.tracking.spool import Spool, find_spools
+from medzsad.viz.render import Curve, CurveKind, MapScale, _resize_float, curve_figure, render_tile, render_volume
+from medzsad.viz.review_page import DEFAULT_PAGE_LIMIT, PageDecision, review_page
+from medzsad.viz.sample import ReviewSample
 
-__all__ = ["CheckpointFiles", "TrackedRun", "load_checkpoint_from_run", "tracked_run", "upload_spool"]
+__all__ = [
+    "CheckpointFiles",
+    "TrackedRun",
+    "load_checkpoint_from_model",
+    "load_checkpoint_from_run",
+    "tracked_run",
+    "upload_spool",
+]
 
 logger = logging.getLogger("medzsad.tracking")
 
@@ -199,11 +209,7 @@ class TrackedRun:
             ValueError: a key outside ``config.param_allow`` (or a path/secret-like key).
             TypeError: a value that is not a bool, int, float, str, None or short list of those.
         """
-        out: dict[str, str] = {}
-        for key, value in params.items():
-            if not is_allowed_key(key, self.config.param_allow):
-                raise ValueError(f"param {key!r} is not in the allow-list (TrackingConfig.param_allow)")
-            out[key] = param_value(value)
+        out = _checked_params(params, self.config.param_allow)
         guard_mapping(out, "param", self.forbidden)
         if out:
             self._emit({"op": "params", "params": out})
@@ -231,21 +237,26 @@ class TrackedRun:
         ``{"brain_mri": {"image_auroc": 0.9}, "mean": {"image_auroc": 0.9}}`` gives the metrics
         ``brain_mri/image_auroc`` and ``image_auroc``, plus a sortable table ``eval/metrics.json``
         with one row per category and step.
+
+        Values are rounded to :data:`METRIC_DIGITS` significant digits (more is noise for a metric
+        over a test set). The table's columns carry the same names as the metric list
+        (:func:`mlflow_metric_key`), and its cells are fixed-point text (``"0.9120"``, ``"0.0000"``):
+        MLflow's table view sorts cells as text and leaves a numeric 0 empty.
         """
         flat: dict[str, float] = {}
         for category, values in metrics.items():
             for name, value in values.items():
-                flat[name if category == "mean" else f"{category}/{name}"] = value
+                flat[name if category == "mean" else f"{category}/{name}"] = _round(value)
         self.log_metrics(flat, step=step)
         names = sorted({name for values in metrics.values() for name in values})
         columns: dict[str, list[Any]] = {"category": [], "step": []}
-        columns.update({name: [] for name in names})
+        columns.update({mlflow_metric_key(name): [] for name in names})
         for category, values in metrics.items():
             columns["category"].append(category)
             columns["step"].append(int(step))
             for name in names:
                 value = values.get(name)
-                columns[name].append(None if value is None else float(value))
+                columns[mlflow_metric_key(name)].append(None if value is None else f"{float(value):.4f}")
         self._log_table(columns, "eval/metrics.json")
 
     def log_curves(
@@ -274,6 +285,24 @@ class TrackedRun:
         self._log_file(relative)
         return relative
 
+    def log_dataset(self, name: str, digest: str, profile: Mapping[str, int | float], context: str = "evaluation"):
+        """Log a dataset as an MLflow dataset input: ``name``, a content ``digest`` (e.g. of the
+        sorted pseudonymous sample ids and labels) and ``profile`` counts (samples, anomalous...).
+        Nothing here may be a path: every string goes through the PHI guard."""
+        _safe_name(name, "dataset name", self.forbidden)
+        texts = {"digest": digest, "context": context, **{str(k): str(v) for k, v in profile.items()}}
+        guard_mapping(texts, "dataset", self.forbidden)
+        self._emit({"op": "dataset", "name": name, "digest": digest[:36], "profile": dict(profile), "context": context})
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> str:
+        """Log a small JSON document (e.g. a calibration file) as ``artifact_file``; every key and string
+        passes the PHI guard first. Returns the artifact path."""
+        _guard_json(data, artifact_file, self.forbidden)
+        phi_guard(artifact_file, f"artifact path {artifact_file!r}", self.forbidden)
+        self.spool.stage(artifact_file).write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
+        self._log_file(artifact_file)
+        return artifact_file
+
     def log_checkpoint(self, weights_path: str | Path, metadata_path: str | Path) -> None:
         """Log the prompt checkpoint as ``checkpoint/weights.safetensors`` + ``checkpoint/metadata.json``.
 
@@ -292,6 +321,10 @@ class TrackedRun:
         shutil.copyfile(metadata_path, self.spool.stage("checkpoint/metadata.json"))
         self._emit({"op": "artifacts", "dir": "checkpoint", "artifact_path": "checkpoint"})
         self.set_tags({"checkpoint_sha256": digest.hexdigest()})
+        # The same files as an MLflow 3 logged model: listed on the Models tab, loadable by model id.
+        name = _safe_name(str(metadata.get("method", "checkpoint")), "model name", self.forbidden)
+        tags = {"checkpoint_sha256": digest.hexdigest()}
+        self._emit({"op": "logged_model", "dir": "checkpoint", "name": name, "tags": tags})
 
     def log_review(
         self,
@@ -304,25 +337,35 @@ class TrackedRun:
         panel_size: int = 16,
         worst_k: int = 8,
         overlay_side: int = 256,
+        threshold_origin: str = "fixed, not calibrated",
+        page_limit: int = DEFAULT_PAGE_LIMIT,
+        context: Mapping[str, str] | None = None,
     ) -> ReviewSummary:
-        """Log the review of one dataset: a stepped panel, the worst mistakes, overlays and an index.
+        """Log the review of one dataset: the review page, a stepped panel, the worst mistakes,
+        overlays and an index.
 
+        * ``review/<dataset>/review.html``: the self-contained review page
+          (:func:`medzsad.viz.review_page.review_page`): worklist, case view, slice scrolling; it
+          holds at most ``page_limit`` slices, worst errors first, and says so;
         * ``review/<dataset>/panel``: ``panel_size`` samples fixed by id hash, one per step;
         * ``review/<dataset>/false_positives`` / ``false_negatives``: the ``worst_k`` worst, one per step;
         * ``overlays/<dataset>/<category>/<sample_id>.png`` for every sample, in one upload;
         * ``review/<dataset>/index.json``: sample_id, category, score, label, decision, outcome, overlay.
 
-        All heat maps share ``scale``; when it is None it is the range of all maps, which needs
-        the samples in memory (a generator is materialised). Pass the scale to stream.
+        All heat maps share ``scale`` (default: the range of all maps). The samples are held in
+        memory (the engine keeps a bounded number of downscaled copies). ``threshold_origin`` says
+        how the thresholds were chosen and is shown next to them; ``context`` adds a few
+        ``label: value`` pairs (method, checkpoint) to the page's header.
 
         Raises:
             PHIError: a sample flagged ``burned_in_text`` while ``config.deidentified`` is False,
                 or an id/category that fails the PHI guard.
         """
         dataset = _safe_name(dataset_name, "dataset name", self.forbidden)
+        samples = list(samples)
         if scale is None:
-            samples = list(samples)
             scale = MapScale.from_maps(s.anomaly_map for s in samples)
+        guard_mapping({"threshold_origin": threshold_origin, **(context or {})}, "review page text", self.forbidden)
         self._scales[dataset] = scale
         selector = ReviewSelector(panel_size, worst_k, image_threshold)
         # Each call stages into its own folder, removed if the call fails (e.g. a refused
@@ -343,6 +386,13 @@ class TrackedRun:
             self._emit({"op": "artifacts", "dir": relative, "artifact_path": summary.overlay_dir})
             summary.table_file = f"review/{dataset}/index.json"
             self._log_table(columns, summary.table_file)
+            decision = PageDecision(image_threshold, pixel_threshold, threshold_origin)
+            page = review_page(
+                samples, dataset=dataset, scale=scale, decision=decision, limit=page_limit, context=context
+            )
+            summary.page_file = f"review/{dataset}/review.html"
+            self.spool.stage(summary.page_file).write_text(page.html, encoding="utf-8")
+            self._log_file(summary.page_file)
         for name, chosen, ids in (
             ("panel", selector.panel(), summary.panel_ids),
             ("false_positives", selector.false_positives(), summary.false_positive_ids),
@@ -365,9 +415,8 @@ class TrackedRun:
         staging: Path,
     ) -> tuple[dict[str, list[Any]], int]:
         """Render every sample's tile into ``staging/<category>/<id>.png``; return the index table."""
-        columns: dict[str, list[Any]] = {
-            k: [] for k in ("sample_id", "category", "score", "label", "decision", "outcome", "overlay")
-        }
+        names = ("sample_id", "category", "volume_id", "slice", "score", "label", "decision", "outcome", "overlay")
+        columns: dict[str, list[Any]] = {k: [] for k in names}
         seen: set[str] = set()
         for sample in samples:
             sample_id = self._check_sample(sample, seen)
@@ -377,8 +426,8 @@ class TrackedRun:
                 self._tile(sample, scale, pixel_threshold, selector, side), staging / category / f"{sample_id}.png"
             )
             label, decision = int(sample.label), selector.decision(sample.score)
-            row = (sample_id, category, float(sample.score), label, decision, _outcome(label, decision),
-                   f"overlays/{dataset}/{category}/{sample_id}.png")  # fmt: skip
+            row = (sample_id, category, sample.volume_id, sample.slice_index, round(float(sample.score), 4), label,
+                   decision, _outcome(label, decision), f"overlays/{dataset}/{category}/{sample_id}.png")  # fmt: skip
             for key, value in zip(columns, row):
                 columns[key].append(value)
             selector.offer(sample)
@@ -390,8 +439,10 @@ class TrackedRun:
                 f"PHI guard: sample {sample.sample_id!r} may carry burned-in text, so its overlay is "
                 "refused; set TrackingConfig(deidentified=True) only if the pixels are de-identified"
             )
-        sample_id = sample.checked_id()
+        sample_id = checked_id(sample)
         phi_guard(sample_id, "sample_id", self.forbidden)
+        phi_guard(sample.volume_id, f"volume_id of sample {sample_id!r}", self.forbidden)
+        phi_guard(sample.intensity, f"intensity of sample {sample_id!r}", self.forbidden)
         if int(sample.label) not in (0, 1):
             raise ValueError(f"sample {sample_id!r}: label must be 0 (normal) or 1 (anomalous), got {sample.label!r}")
         if sample_id in seen:
@@ -404,9 +455,10 @@ class TrackedRun:
         sample: ReviewSample, scale: MapScale, pixel_threshold: float, selector: ReviewSelector, side: int
     ) -> np.ndarray:
         decision = selector.decision(sample.score)
+        label = "abnormal" if int(sample.label) else "normal"
         caption = (
-            f"{sample.sample_id} | {sample.category} | label {int(sample.label)} | "
-            f"score {sample.score:.4g} | {_outcome(int(sample.label), decision)}"
+            f"{sample.sample_id} | {sample.category} | {label} | score {sample.score:.3g} "
+            f"(threshold {selector.image_threshold:.3g}) | {_outcome(int(sample.label), decision)}"
         )
         return render_tile(sample.image, sample.anomaly_map, sample.mask, scale, pixel_threshold, caption, side=side)
 
@@ -421,6 +473,7 @@ class TrackedRun:
         scale: MapScale | None = None,
         burned_in_text: bool = False,
         max_slices: int = 24,
+        window: str | None = None,
     ) -> str:
         """Log a figure tiling the slices ([slices, H, W]) of a volume with map and ground truth.
 
@@ -436,13 +489,45 @@ class TrackedRun:
         dataset = _safe_name(dataset_name, "dataset name", self.forbidden)
         sample_id = _safe_name(sample_id, "sample_id", self.forbidden)
         scale = scale or self._scales.get(dataset) or MapScale.from_maps([volume_map])
+        phi_guard(window, "volume window", self.forbidden)
         figure = render_volume(
-            volume_image, np.asarray(volume_map), volume_mask, scale, f"{sample_id}", max_slices=max_slices
+            volume_image, np.asarray(volume_map), volume_mask, scale, sample_id, max_slices=max_slices, window=window
         )
         relative = f"volumes/{dataset}/{sample_id}.png"
         _save_png(figure, self.spool.stage(relative))
         self._log_file(relative)
         return relative
+
+    def log_volume_slices(self, slices: Iterable[ReviewSample], volume_id: str, *, dataset_name: str) -> str:
+        """:meth:`log_volume_figure` of a volume given as its review slices (same size, one volume):
+        stacked in slice order, shown in the display window the data layer used (``intensity``)."""
+        ordered = sorted(slices, key=lambda s: s.slice_index or 0)
+        if not ordered:
+            raise ValueError(f"volume {volume_id!r}: no slices")
+        side = ordered[0].image.shape[:2]
+        maps = [_resize_float(s.anomaly_map, (side[1], side[0])) for s in ordered]
+        masks = None
+        if all(s.mask is not None for s in ordered):
+            masks = np.stack([np.asarray(s.mask, dtype=bool) for s in ordered])
+        gray = np.stack([np.asarray(s.image)[..., 0] if np.asarray(s.image).ndim == 3 else s.image for s in ordered])
+        return self.log_volume_figure(
+            gray,
+            np.stack(maps),
+            masks,
+            volume_id,
+            dataset_name=dataset_name,
+            burned_in_text=any(s.burned_in_text for s in ordered),
+            window=ordered[0].intensity,
+        )
+
+
+#: Significant digits of logged evaluation metrics.
+METRIC_DIGITS = 4
+
+
+def _round(value: float) -> float:
+    value = float(value)
+    return float(f"{value:.{METRIC_DIGITS}g}") if math.isfinite(value) else value
 
 
 def _outcome(label: int, decision: int) -> str:
@@ -508,6 +593,7 @@ def tracked_run(
     target_dataset: str,
     config_dict: Mapping[str, Any],
     code_version: str,
+    params: Mapping[str, Any] | None = None,
     aux_data: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
@@ -517,11 +603,13 @@ def tracked_run(
     """Open one run (method, checkpoint, target dataset) in the experiment of ``purpose``.
 
     Sets the tags (method, backbone, weight hash, aux data, target dataset, config hash, code
-    version...), logs the allow-listed params of ``config_dict`` and the config itself as
-    ``config/resolved.yaml`` (strings that fail the PHI guard, such as data paths, redacted).
+    version...), logs ``params`` (the engine generates them from its typed config; each key must
+    pass ``config.param_allow``) or, without them, the allow-listed leaves of ``config_dict``, and
+    the config itself as ``config/resolved.yaml`` (strings that fail the PHI guard, such as data
+    paths, redacted).
     The run ends FINISHED, or FAILED/KILLED when the block raises.
 
-    ``forbidden`` are the identifying values of the data (:func:`medzsad.data.ids.dataset_identifiers`):
+    ``forbidden`` are the identifying values of the data (:func:`medzsad.data.dicom.dataset_identifiers`):
     no name, tag, param, metric key, artifact path or table cell of the run may contain one.
     ``resume_run_id`` continues that run (a resumed training) instead of starting a new one, when the
     store still has it.
@@ -539,8 +627,11 @@ def tracked_run(
     guard_mapping(run_tags, "tag", denied)
     name = run_name or f"{method}-{target_dataset}-{cfg_hash[:8]}"
     phi_guard(name, "run name", denied)
-    params = select_params(config_dict, config.param_allow)
-    guard_mapping(params, "param", denied)
+    if params is None:
+        selected = select_params(config_dict, config.param_allow)
+    else:
+        selected = _checked_params(params, config.param_allow)
+    guard_mapping(selected, "param", denied)
 
     spool = Spool.create(
         config.spool_dir,
@@ -549,8 +640,8 @@ def tracked_run(
     run = TrackedRun(config, purpose, spool, denied)
     run._connect(name, resume_run_id)
     run.set_tags(run_tags)
-    if params:
-        run._emit({"op": "params", "params": params})
+    if selected:
+        run._emit({"op": "params", "params": selected})
     scrubbed, _ = scrub_tree(config_dict, denied)
     spool.stage("config/resolved.yaml").write_text(yaml.safe_dump(scrubbed, sort_keys=False), encoding="utf-8")
     run._log_file("config/resolved.yaml")
@@ -563,6 +654,15 @@ def tracked_run(
         run.close("FAILED")
         raise
     run.close("FINISHED")
+
+
+def _checked_params(params: Mapping[str, Any], allow: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for key, value in params.items():
+        if not is_allowed_key(key, allow):
+            raise ValueError(f"param {key!r} is not in the allow-list (TrackingConfig.param_allow)")
+        out[key] = param_value(value)
+    return out
 
 
 def upload_spool(spool_dir: str | Path, config: TrackingConfig, remove: bool = True) -> list[str]:
@@ -612,6 +712,20 @@ def _supersede(backend: MlflowBackend, partial_run_id: str, run_id: str) -> None
     with contextlib.suppress(Exception):  # it may be gone or in another store: not worth failing for
         backend.apply(partial_run_id, {"op": "tags", "tags": {"superseded_by": run_id}}, Path("."))
         backend.end_run(partial_run_id, "FAILED")
+
+
+def load_checkpoint_from_model(
+    model_id: str, config: TrackingConfig | None = None, dst_dir: str | Path | None = None
+) -> CheckpointFiles:
+    """Download the prompt checkpoint logged as an MLflow logged model (``m-…``; a run's
+    ``checkpoint_model_id`` tag names it); the engine turns the files into a model."""
+    config = config or TrackingConfig()
+    target = Path(dst_dir) if dst_dir is not None else Path(tempfile.mkdtemp(prefix="medzsad-checkpoint-"))
+    folder = MlflowBackend(config).download_model(model_id, target)
+    files = CheckpointFiles(folder / "weights.safetensors", folder / "metadata.json")
+    if not (files.weights.exists() and files.metadata.exists()):
+        raise FileNotFoundError(f"logged model {model_id} has no weights.safetensors + metadata.json")
+    return files
 
 
 def load_checkpoint_from_run(

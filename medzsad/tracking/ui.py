@@ -6,7 +6,9 @@ UI listens on 127.0.0.1 (or ::1); reach it from another machine through an SSH t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,8 @@ from medzsad.tracking.config import sqlite_uri
 __all__ = ["LOOPBACK_HOSTS", "UIServer", "serve_ui"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# MLflow 3 remembers a GenAI/ML view per browser; this query opens the runs view whatever it remembers.
+ML_VIEW = "workflowType=machine_learning"
 
 
 class UIServer:
@@ -29,10 +33,12 @@ class UIServer:
         self.url = url
         self.log_path = log_path
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Block until ``/health`` answers; raise with the server's log tail if it never does."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def wait_ready(self, timeout_s: float | None = 60.0) -> None:
+        """Block until ``/health`` answers; raise with the server's log tail if it never does.
+
+        ``timeout_s=None`` waits for as long as the server process lives (tests on a loaded machine)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while deadline is None or time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mlflow server exited with {self.process.returncode}:\n{self._log_tail()}")
             try:
@@ -45,6 +51,21 @@ class UIServer:
         self.stop()
         raise TimeoutError(f"mlflow server not ready after {timeout_s:.0f} s:\n{self._log_tail()}")
 
+    def experiments_url(self) -> str:
+        """The experiment list in MLflow's machine-learning view (runs, metrics, artifacts)."""
+        return f"{self.url}/#/experiments?{ML_VIEW}"
+
+    def runs_urls(self, store_dir: str | os.PathLike[str]) -> dict[str, str]:
+        """Experiment name -> the direct URL of its runs table, for every experiment in the store."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=sqlite_uri(Path(store_dir).resolve() / "mlflow.db"))
+        return {
+            e.name: f"{self.url}/#/experiments/{e.experiment_id}/runs?{ML_VIEW}"
+            for e in client.search_experiments()
+            if e.name.startswith("medzsad/")
+        }
+
     def wait(self) -> int:
         """Block until the server exits (Ctrl-C stops it); returns its exit code."""
         try:
@@ -54,6 +75,21 @@ class UIServer:
             return 0
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server and every process it started (its own process group): MLflow's job runner
+        (``huey_consumer``, ``_job_runner``) would otherwise outlive it, re-parented to init."""
+        if os.name != "posix":
+            self._stop_process(timeout_s)
+            return
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while self._group_alive() and time.monotonic() < deadline:
+            self.process.poll()  # reap the leader as soon as it exits, or it counts as alive
+            time.sleep(0.1)
+        if self._group_alive():
+            self._signal_group(signal.SIGKILL)
+        self.process.wait()
+
+    def _stop_process(self, timeout_s: float) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -61,6 +97,17 @@ class UIServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)  # the server leads its group (start_new_session)
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def _log_tail(self, n: int = 30) -> str:
         try:
@@ -92,7 +139,7 @@ def serve_ui(
     host: str = "127.0.0.1",
     port: int = 5000,
     wait: bool = True,
-    timeout_s: float = 60.0,
+    timeout_s: float | None = 60.0,
     telemetry: bool = False,
 ) -> UIServer:
     """Start ``mlflow server`` on ``store_dir/mlflow.db`` with artifacts in ``store_dir/mlartifacts``.
@@ -102,7 +149,7 @@ def serve_ui(
         host: a loopback address; anything else is refused.
         port: TCP port.
         wait: return only once the server answers.
-        timeout_s: how long to wait for it.
+        timeout_s: how long to wait for it (``None``: as long as the server process lives).
         telemetry: let the server forward MLflow's UI usage telemetry (off by default).
 
     Returns:
@@ -136,7 +183,11 @@ def serve_ui(
         env["MLFLOW_DISABLE_TELEMETRY"] = "true"
         env["DO_NOT_TRACK"] = "true"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=store, env=env)
+        # A session (and process group) of its own, so stop() reaches the server's children too, and a
+        # Ctrl-C in the terminal reaches medzsad, which then stops the whole group once.
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=store, env=env, start_new_session=os.name == "posix"
+        )
     url_host = f"[{host}]" if ":" in host else host
     server = UIServer(process, f"http://{url_host}:{port}", log_path)
     if wait:

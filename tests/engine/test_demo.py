@@ -19,7 +19,7 @@ def test_demo_runs_and_logs(tmp_path, capsys):
     rows = list(csv.DictReader((workdir / "runs" / "test" / "metrics.csv").open()))
     datasets = {row["dataset"] for row in rows}
     assert {"phantom_nifti", "phantom_dicom"} <= datasets
-    assert any(row["category"] == "mean" and row.get("pixel_auroc") for row in rows)
+    assert any(row["category"] == "mean" and row.get("pixel_auroc [%]") for row in rows)
     assert list((workdir / "predictions" / "volumes").glob("*_map.nii.gz"))
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")

@@ -164,11 +164,13 @@ def test_test_command_table_equals_direct_metrics(tiny_dataset, trained, tmp_pat
             masks=sample.mask[None].numpy(),
         )
     report = accumulator.compute()
+    # metrics.csv holds percent (the terminal's unit, named in the header) with 6 decimals.
     for category, metrics in report.per_category.items():
         for name, value in metrics.values.items():
-            assert float(table[("aux", category)][name]) == pytest.approx(value, abs=1e-6), (category, name)
+            assert float(table[("aux", category)][f"{name} [%]"]) == pytest.approx(100 * value, abs=1e-5), name
+        assert int(table[("aux", category)]["images"]) == metrics.counts["images"]
     for name, value in report.macro_mean.values.items():
-        assert float(table[("aux", "mean")][name]) == pytest.approx(value, abs=1e-6), name
+        assert float(table[("aux", "mean")][f"{name} [%]"]) == pytest.approx(100 * value, abs=1e-5), name
 
 
 def test_predict_on_a_folder_of_pngs(trained, tmp_path, capsys):
@@ -191,7 +193,8 @@ def test_predict_on_a_folder_of_pngs(trained, tmp_path, capsys):
         sample_id = by_source[f"s{i}.png"]
         data = np.load(out / "maps" / f"{sample_id}.npz")
         assert data["anomaly_map"].shape == (h, w) and data["anomaly_map"].dtype == np.float32
-        assert Image.open(out / "overlays" / f"{sample_id}.png").size == (w, h)
+        # The image at its own size, a caption strip above (18 px) and a colour bar beneath (34 px).
+        assert Image.open(out / "overlays" / f"{sample_id}.png").size == (max(w, 160), h + 18 + 34)
         score = next(float(r["score"]) for r in rows if r["sample_id"] == sample_id)
         assert 0.0 <= score <= 1.0 and score == pytest.approx(float(data["score"]), abs=1e-6)
     assert all("s0" not in r["sample_id"] for r in rows)  # ids are pseudonymous

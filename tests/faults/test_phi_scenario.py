@@ -83,7 +83,7 @@ def test_a_dataset_named_after_the_patient_id_is_refused_by_the_headers(tmp_path
 
 
 def test_the_identifiers_of_a_dataset_come_from_its_headers(tmp_path):
-    from medzsad.data.ids import dataset_identifiers
+    from medzsad.data.dicom import dataset_identifiers
 
     files = write_ct_series(tmp_path / "s", n=2)
     (tmp_path / "s" / "notes.txt").write_text("not DICOM")

@@ -154,9 +154,15 @@ def test_partially_missing_inputs_are_reported():
     accumulator = MetricAccumulator()
     accumulator.update("c", scores=maps.max(axis=(1, 2)), maps=maps, masks=masks)
     accumulator.update("c", scores=[0.5], labels=[1])
-    result = accumulator.compute().per_category["c"]
-    assert result.undefined["pixel_auroc"] == "masks missing for 1 of 5 images"
+    report = accumulator.compute()
+    result = report.per_category["c"]
+    # Pixel metrics over the 4 images with masks, labelled with that count; image metrics over all 5.
+    alone = MetricAccumulator()
+    alone.update("c", scores=maps.max(axis=(1, 2)), maps=maps, masks=masks)
+    assert result["pixel_auroc"] == alone.compute().per_category["c"]["pixel_auroc"]
+    assert result.counts["pixel_metric_images"] == 4 and result.counts["images"] == 5
     assert "image_auroc" in result
+    assert "c: pixel metrics over the 4 of 5 images that have masks" in report.format_table()
 
 
 def test_invalid_update_adds_nothing():

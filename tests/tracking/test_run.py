@@ -16,18 +16,19 @@ from medzsad.tracking import (
     PHIError,
     ReviewSample,
     TrackingConfig,
+    load_checkpoint_from_model,
     load_checkpoint_from_run,
     tracked_run,
 )
 
-from .helpers import CONFIG_DICT, RUN_KWARGS, all_artifacts, make_samples
+from .helpers import CONFIG_DICT, RUN_KWARGS, all_artifacts, make_samples, make_volume
 
 
 def test_run_has_tags_allowed_params_and_config_artifact(tracking_config: TrackingConfig, client) -> None:
     with tracked_run(tracking_config, "zero-shot-eval", config_dict=CONFIG_DICT, **RUN_KWARGS) as run:
         run.log_params({"eval.aupro_variant": "mvtec", "eval.fpr_limit": 0.3})
         with pytest.raises(ValueError, match="allow-list"):
-            run.log_params({"data.root": "x"})
+            run.log_params({"data.test": "x"})
         with pytest.raises(TypeError):
             run.log_params({"eval.metric": object()})
     assert not run.offline and not run.spool_path.exists(), "the spool is removed after a good run"
@@ -41,11 +42,13 @@ def test_run_has_tags_allowed_params_and_config_artifact(tracking_config: Tracki
     assert len(tags["config_hash"]) == 64 and tags["phi_guard"] == "on"
     assert tags["mlflow.runName"] == f"anomalyclip-brainmri-{tags['config_hash'][:8]}"
     params = logged.data.params
-    assert params["method.features"] == "[6, 12, 18, 24]" and params["eval.aupro_variant"] == "mvtec"
-    assert not any("root" in k or "optimizer_obj" in k or k.startswith("logging") for k in params)
+    assert params["method_config.features"] == "[6, 12, 18, 24]" and params["eval.aupro_variant"] == "mvtec"
+    assert params["data.ct_window"] == "[40.0, 80.0]"
+    assert not any(k in params for k in ("data.test", "backbone.weights_path", "train.optimizer_obj"))
+    assert not any(k.startswith("logging") for k in params)
 
     resolved = yaml.safe_load(Path(client.download_artifacts(run.run_id, "config/resolved.yaml")).read_text())
-    assert resolved["data"]["root"] == "<redacted>" and resolved["method"]["depth"] == 9
+    assert resolved["data"]["test"] == ["<redacted>"] and resolved["method_config"]["depth"] == 9
     # Artifacts land in the configured local folder, not in ./mlruns.
     assert logged.info.artifact_uri.startswith((tracking_config.artifact_location / "zero-shot-eval").as_uri())
 
@@ -80,6 +83,28 @@ def test_training_curves_eval_metrics_and_curve_figures(tracking_config: Trackin
     table = json.loads(Path(client.download_artifacts(run.run_id, "eval/metrics.json")).read_text())
     assert table["columns"][:2] == ["category", "step"]
     assert [row[0] for row in table["data"]] == ["brain", "head", "mean"]
+    assert table["data"][0][2:] == ["0.9100", "0.7000"], "fixed-point text: sorts right, shows 0"
+
+
+def test_eval_metrics_are_rounded_and_named_as_in_the_table(tracking_config: TrackingConfig, client) -> None:
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        run.log_eval({"mean": {"image_auroc": 0.912345678901234, "pixel_aupro@0.3[mvtec-exact]": 0.0, "dice@0.5": 0}})
+    metrics = client.get_run(run.run_id).data.metrics
+    assert metrics["image_auroc"] == 0.9123 and metrics["pixel_aupro_0.3_mvtec-exact"] == 0.0
+    table = json.loads(Path(client.download_artifacts(run.run_id, "eval/metrics.json")).read_text())
+    assert set(table["columns"][2:]) <= set(metrics), "the table's column names are the metric names"
+    assert "0.0000" in table["data"][0]
+
+
+def test_evaluated_dataset_is_a_dataset_input(tracking_config: TrackingConfig, client) -> None:
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        run.log_dataset("brainmri", "3f1c0e9d2a7b4c55", {"samples": 12, "anomalous": 6, "normal": 6})
+        with pytest.raises(PHIError):
+            run.log_dataset("brainmri", "3f1c", {"source": "/data/hospital/brain"})
+    (found,) = client.get_run(run.run_id).inputs.dataset_inputs
+    assert found.dataset.name == "brainmri" and found.dataset.digest == "3f1c0e9d2a7b4c55"
+    assert json.loads(found.dataset.profile) == {"samples": 12, "anomalous": 6, "normal": 6}
+    assert "/" not in found.dataset.source and found.tags[0].value == "evaluation"
 
 
 def test_checkpoint_round_trip_through_a_run_id(tracking_config: TrackingConfig, tmp_path: Path) -> None:
@@ -95,6 +120,15 @@ def test_checkpoint_round_trip_through_a_run_id(tracking_config: TrackingConfig,
     files = load_checkpoint_from_run(run.run_id, tracking_config, tmp_path / "restored")
     assert files.weights.read_bytes() == weights.read_bytes()
     assert json.loads(files.metadata.read_text())["backbone"] == "ViT-L-14-336"
+    # The same checkpoint is an MLflow 3 logged model of the run, loadable by its model id.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_config.tracking_uri)
+    model_id = client.get_run(run.run_id).data.tags["checkpoint_model_id"]
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == run.run_id and model.name == "anomalyclip" and str(model.status) == "READY"
+    by_model = load_checkpoint_from_model(model_id, tracking_config, tmp_path / "by-model")
+    assert by_model.weights.read_bytes() == weights.read_bytes()
 
     # Metadata naming a source path is refused before anything is uploaded.
     metadata.write_text(json.dumps({"trained_on": "/data/hospital/brain"}))
@@ -130,11 +164,17 @@ def test_review_panel_worst_cases_overlays_and_index(tracking_config: TrackingCo
     assert sum("false_positives" in a for a in images) == 1 and sum("false_negatives" in a for a in images) == 1
 
     index = json.loads(Path(client.download_artifacts(run.run_id, "review/brainmri/index.json")).read_text())
-    assert index["columns"] == ["sample_id", "category", "score", "label", "decision", "outcome", "overlay"]
+    columns = ["sample_id", "category", "volume_id", "slice", "score", "label", "decision", "outcome", "overlay"]
+    assert index["columns"] == columns
     rows = {row[0]: row for row in index["data"]}
-    assert rows[samples[0].sample_id][4:6] == [1, "FP"]
-    assert rows[samples[1].sample_id][4:6] == [0, "FN"]
-    assert all(row[6] in overlays for row in index["data"])
+    assert rows[samples[0].sample_id][6:8] == [1, "FP"]
+    assert rows[samples[1].sample_id][6:8] == [0, "FN"]
+    assert all(row[8] in overlays for row in index["data"])
+    # The review page: one self-contained file, the false positive first in its worklist.
+    assert summary.page_file == "review/brainmri/review.html" and summary.page_file in artifacts
+    page = Path(client.download_artifacts(run.run_id, summary.page_file)).read_text()
+    assert "<script" in page and "http://" not in page and "https://" not in page, "no external resource"
+    assert page.index(samples[0].sample_id) < page.index(samples[1].sample_id) < page.index(samples[2].sample_id)
     logged_tables = json.loads(client.get_run(run.run_id).data.tags["mlflow.loggedArtifacts"])
     assert {"path": "review/brainmri/index.json", "type": "table"} in logged_tables
 
@@ -212,6 +252,17 @@ def test_volume_figure_is_logged(tracking_config: TrackingConfig, client) -> Non
         path = run.log_volume_figure(volume, vmap, mask, "vol-001", dataset_name="brainmri")
     assert path == "volumes/brainmri/vol-001.png"
     assert path in all_artifacts(client, run.run_id)
+
+
+def test_volume_slices_give_one_figure_with_every_lesion_slice(tracking_config: TrackingConfig, client) -> None:
+    slices = make_volume(depth=30)  # nodule on slices 4-9, more slices than the figure's 24
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict={}, **RUN_KWARGS) as run:
+        path = run.log_volume_slices(reversed(slices), "vol-7f3a", dataset_name="lungct")
+    assert path == "volumes/lungct/vol-7f3a.png" and path in all_artifacts(client, run.run_id)
+    from PIL import Image
+
+    figure = np.asarray(Image.open(client.download_artifacts(run.run_id, path)))
+    assert figure.shape[0] > 5 * 96 and figure.shape[1] >= 5 * 96, "a 5x5 grid: 24 slices and the extra lesion one"
 
 
 def test_failed_block_marks_the_run_failed(tracking_config: TrackingConfig, client) -> None:

@@ -1,6 +1,6 @@
 """Rendering of review tiles, volume figures and curve figures (numpy, Pillow, matplotlib).
 
-Nothing here talks to MLflow. All heat maps of a dataset go through one :class:`MapScale`, so
+Nothing here talks to MLflow or the engine. All heat maps of a dataset go through one :class:`MapScale`, so
 colour means the same score on every image: a normal image with low scores stays dark instead of
 being stretched to full colour, as per-image min-max scaling would do.
 """
@@ -23,8 +23,12 @@ __all__ = [
     "Curve",
     "MapScale",
     "curve_figure",
+    "heat_over",
     "heat_rgb",
+    "labelled_colour_bar",
     "mask_contour",
+    "pick_slices",
+    "render_overlay",
     "render_tile",
     "render_volume",
 ]
@@ -184,14 +188,14 @@ def render_tile(
     cmap: str = "inferno",
     columns: int = 2,
 ) -> np.ndarray:
-    """Four captioned panels: image, ground-truth contour, heat map, prediction.
+    """Four captioned panels: image, ground-truth contour, heat map over the anatomy, prediction.
 
     With the default two columns the tile is about square, which the MLflow image chart shows
     larger than a wide strip; ``columns=4`` puts the panels side by side.
 
-    The heat map uses the dataset's shared ``scale`` and has the scale's colour bar beneath it,
-    with a tick at ``pixel_threshold``; the prediction panel fills ``map >= pixel_threshold`` in
-    red and draws the ground truth in green.
+    The heat map is laid over the image (:func:`heat_over`) on the dataset's shared ``scale``,
+    whose colour bar, with numbers and a tick at ``pixel_threshold``, runs beneath the tile; the
+    prediction panel fills ``map >= pixel_threshold`` in red and outlines the ground truth in green.
     """
     rgb = _as_rgb(image)
     size = _panel_size(rgb.shape, side)
@@ -203,7 +207,10 @@ def render_tile(
     gt_panel = img if contour is None else _paint(img, contour, _GT_COLOUR, 1.0)
     gt_text = "no mask" if gt is None else "ground truth" if gt.any() else "ground truth: empty"
     gt_panel = _label(gt_panel, gt_text)
-    heat = _label(heat_rgb(amap, scale, cmap), f"map [{scale.vmin:.3g}, {scale.vmax:.3g}]")
+    heat = heat_over(img, amap, scale, cmap=cmap)
+    if contour is not None:
+        heat = _paint(heat, contour, _GT_COLOUR, 1.0)
+    heat = _label(heat, "heat map")
     pred = _paint(img, amap >= pixel_threshold, _PRED_COLOUR, 0.45)
     if contour is not None:
         pred = _paint(pred, contour, _GT_COLOUR, 1.0)
@@ -212,14 +219,32 @@ def render_tile(
 
     width, height = size
     rows = -(-len(panels) // columns)
-    canvas = np.zeros((_CAPTION_H + rows * (height + 2) + _BAR_H, columns * (width + 2) - 2, 3), dtype=np.uint8)
+    full = columns * (width + 2) - 2
+    bar = labelled_colour_bar(full, scale, pixel_threshold, cmap)
+    canvas = np.zeros((_CAPTION_H + rows * (height + 2) + bar.shape[0], full, 3), dtype=np.uint8)
     for i, panel in enumerate(panels):
         row, col = divmod(i, columns)
         y, x = _CAPTION_H + row * (height + 2), col * (width + 2)
         canvas[y : y + height, x : x + width] = panel
-    # The colour bar sits at the bottom, in the heat map's column.
-    bar_x = (2 % columns) * (width + 2)
-    canvas[-_BAR_H:, bar_x : bar_x + width] = _colour_bar(width, scale, pixel_threshold, cmap)
+    canvas[-bar.shape[0] :] = bar
+    out = Image.fromarray(canvas)
+    ImageDraw.Draw(out).text((4, 3), caption, fill=(255, 255, 255), font=_font(12))
+    return np.asarray(out)
+
+
+def render_overlay(
+    image: np.ndarray, anomaly_map: np.ndarray, scale: MapScale, caption: str, cmap: str = "inferno"
+) -> np.ndarray:
+    """One image with its heat map laid over it (:func:`heat_over`) at the map's resolution
+    ([H, W] float32 map, uint8 image of any size), a caption strip above (score, window) and a
+    colour bar with numbers beneath: RGB uint8 [caption + H + bar, W, 3]."""
+    height, width = anomaly_map.shape
+    base = _resize_rgb(_as_rgb(image), (width, height))
+    body = heat_over(base, np.asarray(anomaly_map, dtype=np.float32), scale, cmap=cmap)
+    bar = labelled_colour_bar(max(width, 160), scale, None, cmap)
+    canvas = np.zeros((_CAPTION_H + height + bar.shape[0], max(width, bar.shape[1]), 3), dtype=np.uint8)
+    canvas[_CAPTION_H : _CAPTION_H + height, :width] = body
+    canvas[-bar.shape[0] :, : bar.shape[1]] = bar
     out = Image.fromarray(canvas)
     ImageDraw.Draw(out).text((4, 3), caption, fill=(255, 255, 255), font=_font(12))
     return np.asarray(out)
@@ -237,20 +262,54 @@ def _display_volume(volume: np.ndarray) -> np.ndarray:
 
 
 def pick_slices(volume_map: np.ndarray, volume_mask: np.ndarray | None, max_slices: int) -> list[int]:
-    """Evenly spaced slice indices, always with the slice of the highest map value and of the
-    largest ground-truth area, so the figure shows what matters even for long volumes."""
+    """Slice indices for a volume figure: every slice with ground truth (a lesion slice is never
+    dropped, even past ``max_slices``), the slice of the highest map value, then evenly spaced
+    slices up to ``max_slices``."""
     depth = volume_map.shape[0]
     if depth <= max_slices:
         return list(range(depth))
     must = {int(np.nanargmax(volume_map.reshape(depth, -1).max(axis=1)))}
-    if volume_mask is not None and volume_mask.any():
-        must.add(int(np.argmax(volume_mask.reshape(depth, -1).sum(axis=1))))
+    if volume_mask is not None:
+        must.update(int(z) for z in np.flatnonzero(volume_mask.reshape(depth, -1).any(axis=1)))
     chosen = set(must)
-    for index in np.linspace(0, depth - 1, max_slices).round().astype(int):
-        if len(chosen) >= max_slices:
-            break
-        chosen.add(int(index))
+    spare = max_slices - len(chosen)
+    if spare > 0:
+        for index in np.linspace(0, depth - 1, max_slices).round().astype(int):
+            if len(chosen) >= max_slices:
+                break
+            chosen.add(int(index))
     return sorted(chosen)
+
+
+def heat_over(image: np.ndarray, amap: np.ndarray, scale: MapScale, opacity: float = 0.6, cmap: str = "inferno"):
+    """The heat map laid over the anatomy: RGB uint8 [H, W, 3] from display pixels and a map of the
+    same size. Opacity grows from 0 at the lower quarter of the scale to ``opacity`` at its top, so
+    low scores leave the anatomy grey instead of tinting it with the dark end of the colour map."""
+    norm = scale.normalize(amap)
+    alpha = opacity * np.clip((norm - 0.25) / 0.75, 0.0, 1.0)
+    heat = heat_rgb(norm, MapScale(0.0, 1.0), cmap)
+    return _paint(_as_rgb(image), np.ones(norm.shape, dtype=bool), heat, alpha)
+
+
+def labelled_colour_bar(
+    width: int, scale: MapScale, threshold: float | None = None, cmap: str = "inferno"
+) -> np.ndarray:
+    """A colour bar of the shared scale with numbers (ends, quarters) and the threshold marked:
+    RGB uint8 [34, width, 3]."""
+    inner = max(width - 16, 8)
+    bar = np.zeros((34, width, 3), dtype=np.uint8)
+    bar[2:14, 8 : 8 + inner] = _colour_bar(inner, scale, threshold, cmap)[:1].repeat(12, axis=0)
+    out = Image.fromarray(bar)
+    draw = ImageDraw.Draw(out)
+    font = _font(10)
+    for t in range(5):
+        x = 8 + round(t / 4 * (inner - 1))
+        draw.line((x, 14, x, 17), fill=(220, 220, 220))
+        text = f"{scale.vmin + t / 4 * (scale.vmax - scale.vmin):.3g}"
+        length = draw.textlength(text, font=font)
+        left = min(max(x - length / 2, 0), width - length)
+        draw.text((left, 19), text, fill=(230, 230, 230), font=font)
+    return np.asarray(out)
 
 
 def render_volume(
@@ -262,9 +321,13 @@ def render_volume(
     max_slices: int = 24,
     side: int = 160,
     cmap: str = "inferno",
+    window: str | None = None,
+    threshold: float | None = None,
 ) -> np.ndarray:
-    """Slices of a volume in a grid: each slice with the heat map blended on the shared scale
-    (opacity grows with the score, so low scores barely tint) and the ground truth in green."""
+    """Slices of a volume in a grid, each with the heat map laid over the anatomy on the shared
+    scale (:func:`heat_over`) and the ground truth outlined in green; every lesion slice is shown
+    (:func:`pick_slices`). Beneath: a colour bar with numbers; the caption names the display
+    ``window`` (e.g. ``"window -600/1500"``: how scan values became grey levels)."""
     if volume_map.ndim != 3:
         raise ValueError(f"volume_map must be [slices, H, W], got {volume_map.shape}")
     display = _display_volume(volume_image)
@@ -273,19 +336,21 @@ def render_volume(
     rows = math.ceil(len(indices) / cols)
     size = _panel_size(volume_map.shape[1:], side)
     width, height = size
-    canvas = np.zeros((_CAPTION_H + rows * (height + 2), cols * (width + 2), 3), dtype=np.uint8)
+    bar = labelled_colour_bar(min(cols * (width + 2), 480), scale, threshold, cmap)
+    canvas = np.zeros((_CAPTION_H + rows * (height + 2) + bar.shape[0], cols * (width + 2), 3), dtype=np.uint8)
     for n, z in enumerate(indices):
         img = _resize_rgb(_as_rgb(display[z]), size)
-        norm = scale.normalize(_resize_float(volume_map[z], size))
-        heat = heat_rgb(norm, MapScale(0.0, 1.0), cmap)
-        tile = _paint(img, np.ones(norm.shape, dtype=bool), heat, 0.7 * norm)
-        if volume_mask is not None:
+        tile = heat_over(img, _resize_float(volume_map[z], size), scale, cmap=cmap)
+        lesion = volume_mask is not None and bool(volume_mask[z].any())
+        if lesion:
             tile = _paint(tile, mask_contour(_resize_mask(volume_mask[z], size), 1), _GT_COLOUR, 1.0)
         r, c = divmod(n, cols)
         y, x = _CAPTION_H + r * (height + 2), c * (width + 2)
-        canvas[y : y + height, x : x + width] = _label(tile, f"z={z}")
+        canvas[y : y + height, x : x + width] = _label(tile, f"z={z}" + (" lesion" if lesion else ""))
+    canvas[-bar.shape[0] :, : bar.shape[1]] = bar
     out = Image.fromarray(canvas)
-    ImageDraw.Draw(out).text((4, 3), caption, fill=(255, 255, 255), font=_font(12))
+    text = caption + (f" | {window}" if window else "") + " | green: ground truth"
+    ImageDraw.Draw(out).text((4, 3), text, fill=(255, 255, 255), font=_font(12))
     return np.asarray(out)
 
 
