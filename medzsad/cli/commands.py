@@ -163,9 +163,20 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import signal
 
+    from medzsad.cli.main import UserError
     from medzsad.tracking import serve_ui
 
-    server = serve_ui(Path(args.store), port=args.port, timeout_s=args.start_timeout or None)
+    try:
+        server = serve_ui(Path(args.store), port=args.port, timeout_s=args.start_timeout or None)
+    except (FileNotFoundError, OSError, TimeoutError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log = Path(args.store).resolve() / "mlflow-ui.log"
+        detail = (
+            f" (server log: {log}; wait longer with --start-timeout)"
+            if isinstance(exc, TimeoutError | RuntimeError)
+            else ""
+        )
+        raise UserError(f"ui: {first}{detail}") from None
     print(f"MLflow UI on {server.url} (loopback only); Ctrl-C to stop", flush=True)
     for name, url in server.runs_urls(Path(args.store)).items():
         print(f"  {name}: {url}")

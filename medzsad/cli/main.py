@@ -9,12 +9,18 @@ exit status 2, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from medzsad import __version__
 
 EXIT_USER_ERROR = 2
+# A full disk or quota, a read-only or vanished mount: the machine's fault, reported on one line.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
 
 
 class UserError(Exception):
@@ -39,6 +45,8 @@ _USER_ERROR_TYPES = (
     ("medzsad.data.errors", "DataError"),
     ("medzsad.engine.train", "TrainingError"),
     ("medzsad.deploy.errors", "DeployError"),
+    # A PHIError can only come from a loaded guard: importing tracking just to name it would slow every error.
+    ("medzsad.tracking.phi", "PHIError"),
 )
 
 
@@ -132,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="TCP port (default: %(default)s)")
     ui.add_argument(
         "--start-timeout",
+        "--timeout",
         type=float,
         default=60.0,
         metavar="SECONDS",
@@ -157,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medzsad`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = _sigterm_interrupts()
     try:
         from medzsad.cli import commands
 
@@ -167,8 +177,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medzsad: interrupted; completed epochs and written outputs are kept", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRORS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medzsad: error: {where}{exc.strerror}; the outputs written before are kept", file=sys.stderr)
+        return 1
     finally:
         _leave_process_group()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_interrupts() -> Any:
+    """``kill`` (SIGTERM) ends a command like Ctrl-C: written outputs kept, an open MLflow run ended KILLED.
+    Returns the previous handler (None when not in the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _process_note() -> str:

@@ -18,6 +18,12 @@ from medzsad.engine.config import ConfigError
 __all__ = ["dataset_list", "masks_missing", "parse_prepare_args", "run_prepare"]
 
 
+def prepare(dataset: str, raw: Path, out: Path, **options: str) -> Any:
+    from medzsad.data.prepare import prepare as run
+
+    return run(dataset, raw, out, **options)
+
+
 def _preparers() -> dict[str, Callable[..., Any]]:
     from medzsad.data.prepare import PREPARERS
 
@@ -80,8 +86,6 @@ def run_prepare(dataset: str, raw: Path, out: Path | None, options: dict[str, st
     preparers = _preparers()
     if dataset not in preparers:
         raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(preparers))} (medzsad prepare list)")
-    if not raw.is_dir():
-        raise ConfigError(f"{raw}: dataset folder not found")
     function = preparers[dataset]
     if options and "category" not in inspect.signature(function).parameters:
         names = [n for n, f in sorted(preparers.items()) if "category" in inspect.signature(f).parameters]
@@ -91,7 +95,7 @@ def run_prepare(dataset: str, raw: Path, out: Path | None, options: dict[str, st
     final = out if out is not None else raw / "meta.json"
     final = final / "meta.json" if final.is_dir() else final
     target = final.with_name(f".{final.stem}.strict-check.json") if strict else final
-    manifest = function(raw, target, **options)
+    manifest = prepare(dataset, raw, target, **options)  # checks the folder and the category name
     missing = masks_missing(manifest)
     if strict:
         if missing:

@@ -153,6 +153,11 @@ class ManifestDataset(Dataset):
         """Whether ``category`` has pixel ground truth in this split."""
         return category in self._with_masks
 
+    def source_files(self) -> list[Path]:
+        """Every image and mask file of the split (for :func:`~medzsad.data.dicom.dataset_identifiers`)."""
+        rels = dict.fromkeys(rel for r in self.records for rel in (r.img_path, r.mask_path) if rel)
+        return [self.manifest.resolve(rel) for rel in rels]
+
     def missing_files(self) -> list[str]:
         """Manifest paths (images and masks) that do not exist; empty when all are present."""
         missing = []
@@ -391,6 +396,10 @@ class FolderDataset(Dataset):
             slice_index=index,
             volume_id=self.volume_id(item),
         )
+
+    def source_files(self) -> list[Path]:
+        """Every file the samples are read from; :func:`~medzsad.data.dicom.dataset_identifiers` reads their headers."""
+        return list(dict.fromkeys(path for item in self.study.items for path in item.files))
 
     def volume_sources(self) -> dict[str, Item]:
         """``volume_id -> item`` for every volume in the dataset."""

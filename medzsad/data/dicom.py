@@ -21,7 +21,7 @@ column index; y down the columns; z along the normal) with its RAS affine, as ni
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medzsad.data.errors import DataError, MissingDecoderError, NotAnImageError, first_line
-from medzsad.data.ids import clean_meta
+from medzsad.data.formats import is_dicom_file
+from medzsad.data.ids import PHI_DICOM_KEYWORDS, clean_meta, dicom_identifiers, name_parts
+from medzsad.data.limits import check_image_size, check_volume_size
 
 if TYPE_CHECKING:  # only for annotations: volumes imports this module
     from medzsad.data.volumes import Volume
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # only for annotations: volumes imports this module
 __all__ = [
     "LPS_TO_RAS",
     "DicomStack",
+    "dataset_identifiers",
     "dcmread",
     "decode_pixels",
     "dicom_pixels",
@@ -82,6 +85,30 @@ _NOT_IMAGES = {
     "RTDOSE": "an RT dose grid, not an image",
     "RTSTRUCT": "an RT structure set, not an image",
 }
+
+
+def dataset_identifiers(paths: Iterable[str | Path]) -> frozenset[str]:
+    """The identifying header values (:data:`PHI_DICOM_KEYWORDS`) of the DICOM files among ``paths``.
+
+    The engine hands them to the tracked run, which refuses any name, tag, key, path or table cell
+    holding one: so a patient id that also names a folder cannot reach MLflow through a dataset or
+    category name. Only those attributes are parsed (no pixels), so a header pass over an archive
+    costs a fraction of reading it; unreadable files are skipped here (reading them reports them).
+    """
+    import pydicom
+
+    found: set[str] = set()
+    for path in dict.fromkeys(Path(p) for p in paths):
+        if not path.is_file() or not is_dicom_file(path):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(PHI_DICOM_KEYWORDS))
+        except Exception:  # a corrupt file is reported when it is read as an image
+            continue
+        found |= dicom_identifiers(ds)
+    return frozenset(found | {part for value in found for part in name_parts(value)})
 
 
 def dcmread(path: Path, *, stop_before_pixels: bool = False) -> Any:
@@ -195,6 +222,27 @@ def may_carry_burned_in_text(ds: Any) -> bool:
     return modality in _TEXT_PRONE_MODALITIES or sop_class.startswith(_SECONDARY_CAPTURE_PREFIX)
 
 
+def _has_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _no_pixels_reason(ds: Any, path: Path) -> str:
+    """Why a parsed file has no pixels: empty, not DICOM at all, a DICOMDIR, or a non-image object."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "empty file (0 bytes), not a DICOM image"
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    if is_dicomdir(ds):
+        return "is a DICOMDIR (the index of a DICOM disc); give the folder holding the image files instead"
+    if not sop_class and "Modality" not in ds and not _has_preamble(path):
+        return "not a DICOM file (no DICM header and no DICOM attributes); it is corrupt or of another format"
+    name = getattr(getattr(ds, "SOPClassUID", None), "name", "") or sop_class or "unknown"
+    return f"DICOM object without pixel data ({name}), e.g. a report or presentation state: not an image"
+
+
 def dicom_pixels(ds: Any, path: str | Path, frame: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode a DICOM dataset into display-ready pixels (see the module docstring).
 
@@ -208,7 +256,7 @@ def dicom_pixels(ds: Any, path: str | Path, frame: int | None = None) -> tuple[n
     """
     path = Path(path)
     if not has_pixels(ds):
-        raise NotAnImageError(path, "DICOM file has no pixel data")
+        raise NotAnImageError(path, _no_pixels_reason(ds, path))
     modality = str(ds.get("Modality", "") or "").upper()
     if modality in _NOT_IMAGES:
         raise NotAnImageError(path, f"this is {_NOT_IMAGES[modality]}")
@@ -218,6 +266,9 @@ def dicom_pixels(ds: Any, path: str | Path, frame: int | None = None) -> tuple[n
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
 
+    frame_shape = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), samples)
+    check_image_size(path, frame_shape)  # pydicom has no decompression-bomb limit of its own
+    check_volume_size(path, (n_frames, *frame_shape))
     raw = decode_pixels(ds, path)
     if n_frames == 1:
         raw = raw[None]

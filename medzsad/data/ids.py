@@ -171,6 +171,13 @@ def dicom_identifiers(ds: Any) -> set[str]:
     return found
 
 
+def name_parts(value: str) -> set[str]:
+    """The components of a DICOM person name (``Doe^John`` -> ``Doe``, ``John``), 4+ characters each."""
+    if "^" not in value:
+        return set()
+    return {part.strip() for part in value.split("^") if len(part.strip()) >= 4}
+
+
 def scan_for_identifiers(obj: Any, identifiers: Iterable[str]) -> list[str]:
     """Return the identifiers that occur anywhere in ``repr``-like text of ``obj`` (recursively)."""
     text = _flatten_text(obj)

@@ -15,7 +15,9 @@ Differences from the official generators (methods-spec section 6.2), all on purp
 from __future__ import annotations
 
 import csv
+import inspect
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from medzsad.data.manifest import Manifest, Record, mask_stem, pair_masks_by_nam
 
 __all__ = [
     "PREPARERS",
+    "prepare",
     "prepare_br35h",
     "prepare_brainmri",
     "prepare_btad",
@@ -54,6 +57,9 @@ VISA_CLASSES = (
 )  # fmt: skip
 _MASK_FOLDERS = ("masks", "mask", "ground_truth", "groundtruth")
 _NORMAL_FOLDERS = ("good", "normal", "no", "ok", "healthy")
+#: The category of a user's own data when the user names none. Never the folder's name: hospital exports
+#: name folders after patients, and the category reaches tables, file names and MLflow.
+NEUTRAL_CATEGORY = "category-1"
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -70,6 +76,16 @@ def _images(folder: Path) -> list[Path]:
         and not p.name.startswith(".")
         and (p.name.lower().endswith(IMAGE_SUFFIXES + DICOM_SUFFIXES) or is_dicom_file(p))
     )
+
+
+def _existing_folder(raw_root: str | Path) -> Path:
+    """``raw_root`` as a path, or one line saying it is missing or not a folder."""
+    root = Path(raw_root)
+    if not root.exists():
+        raise DataError(root, "folder not found")
+    if not root.is_dir():
+        raise DataError(root, "is a file; give the folder that holds the dataset")
+    return root
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -367,10 +383,10 @@ def prepare_folder(
     ``<root>/ground_truth/<type>/``, paired by name. DICOM files are accepted as images.
 
     Args:
-        category: ``cls_name`` (default: the root folder's name).
+        category: ``cls_name`` (default :data:`NEUTRAL_CATEGORY`; never taken from the folder's name).
     """
-    raw_root = Path(raw_root)
-    cls_name = category or raw_root.resolve().name
+    raw_root = _existing_folder(raw_root)
+    cls_name = category or NEUTRAL_CATEGORY
     normal = {n.lower() for n in normal_names}
     species = [d for d in _subdirs(raw_root) if d.name.lower() not in _MASK_FOLDERS]
     if not species:
@@ -466,8 +482,8 @@ def prepare_volumes(
     """
     from medzsad.data.volumes import check_same_grid, read_volume, slice_labels
 
-    raw_root = Path(raw_root)
-    cls_name = category or raw_root.resolve().name
+    raw_root = _existing_folder(raw_root)
+    cls_name = category or NEUTRAL_CATEGORY
     manifest = Manifest()
     for image_path, label_path in _pair_volumes(raw_root):
         image = read_volume(image_path)
@@ -508,3 +524,24 @@ PREPARERS: dict[str, Callable[..., Manifest]] = {
     "folder": prepare_folder,
     "volumes": prepare_volumes,
 }
+
+
+def prepare(name: str, raw_root: str | Path, out_manifest: str | Path | None = None, **options: str) -> Manifest:
+    """Run the preparer ``name`` after checking the folder and the options (``category=`` names the
+    category of a user's own data: ``folder`` and ``volumes`` only; benchmarks keep their published names).
+    """
+    if name not in PREPARERS:
+        raise DataError(None, f"unknown dataset {name!r}; known: {', '.join(sorted(PREPARERS))}")
+    preparer = PREPARERS[name]
+    accepted = {k for k, v in inspect.signature(preparer).parameters.items() if v.kind is v.KEYWORD_ONLY}
+    accepted -= {"categories", "normal_names"}  # lists: not settable as one key=value word
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        allowed = ", ".join(f"{k}=" for k in sorted(accepted)) or "none"
+        raise DataError(None, f"prepare {name}: unknown option {unknown[0]}= (options: {allowed})")
+    if options.get("category") is not None and not _CATEGORY.match(options["category"]):
+        raise DataError(None, f"category={options['category']!r}: use 1-64 letters, digits, '_', '.', '-'")
+    return preparer(_existing_folder(raw_root), out_manifest, **options)
+
+
+_CATEGORY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # it names files and MLflow keys

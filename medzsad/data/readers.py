@@ -24,6 +24,7 @@ from medzsad.data.dicom import dcmread, decode_pixels, read_dicom
 from medzsad.data.errors import DataError, NotAnImageError, first_line
 from medzsad.data.formats import detect_format
 from medzsad.data.ids import clean_meta
+from medzsad.data.limits import check_image_size, itk_problem, tiff_page_shape, warn_soft_mask
 
 __all__ = ["ImageData", "read_frames", "read_image", "read_mask"]
 
@@ -63,13 +64,21 @@ def _png_bit_depth(path: Path) -> tuple[int, int]:
     return head[24], head[25]
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the PNG IHDR chunk."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
 def _read_with_sitk(path: Path) -> np.ndarray:
     import SimpleITK as sitk
 
+    check_image_size(path, _png_size(path))  # ITK has no decompression-bomb limit of its own
     try:
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except RuntimeError as exc:
-        raise DataError(path, f"cannot read image ({first_line(exc)})") from None
+        raise DataError(path, f"cannot read image ({itk_problem(exc)})") from None
 
 
 def _read_raster(path: Path, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -112,6 +121,7 @@ def _pil_to_array(image: Image.Image, meta: dict[str, Any]) -> np.ndarray:
 def _read_tiff(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     import tifffile
 
+    check_image_size(path, tiff_page_shape(path))  # tifffile has no decompression-bomb limit of its own
     try:
         array = np.asarray(tifffile.imread(path, key=0))
     except Exception as exc:
@@ -166,12 +176,18 @@ def read_image(path: str | Path, frame: int | None = None) -> ImageData:
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "dicom_series":
-        raise NotAnImageError(path, "is a folder; read DICOM series with medzsad.data.volumes.read_volume")
+        raise NotAnImageError(
+            path,
+            "is a folder (a DICOM series?); score it with `medzsad predict --input FOLDER`, "
+            "or list its files with `medzsad prepare folder`",
+        )
     if fmt == "dicom":
         pixels, meta, identity, _header = read_dicom(path, frame)
         if frame is None and pixels.shape[0] != 1:
             raise NotAnImageError(
-                path, f"multi-frame DICOM with {pixels.shape[0]} frames; pass frame=<index> or use read_frames"
+                path,
+                f"multi-frame DICOM with {pixels.shape[0]} frames; `medzsad predict` scores every frame "
+                "and `medzsad prepare folder` lists one record per frame",
             )
         if frame is None:
             pixels = pixels[0]
@@ -191,7 +207,11 @@ def _single_slice_volume(path: Path) -> ImageData:
     volume = read_volume(path)
     axes = [i for i, n in enumerate(volume.array.shape) if n == 1]
     if not axes:
-        raise NotAnImageError(path, f"3-D volume of shape {volume.array.shape}; slice it with medzsad.data.volumes")
+        raise NotAnImageError(
+            path,
+            f"3-D volume of shape {volume.array.shape}; `medzsad predict` scores it slice by slice "
+            "and `medzsad prepare volumes` lists its slices",
+        )
     axis = {0: "axial", 1: "coronal", 2: "sagittal"}[axes[0]]
     array = volume.slice(axis, 0).astype(np.float32)
     return ImageData(array, volume.modality, dict(volume.meta), volume.identity)
@@ -205,18 +225,19 @@ def read_mask(path: str | Path, frame: int | None = None) -> np.ndarray:
     if fmt in ("png", "jpeg", "bmp", "image"):
         try:
             with Image.open(path) as image:
-                if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                    return np.asarray(image) > 0
-                return np.asarray(image.convert("L")) > 0
+                values = np.asarray(image) if image.mode in ("I", "I;16", "I;16B", "I;16L", "F") else None
+                values = np.asarray(image.convert("L")) if values is None else values
         except Exception as exc:
             raise DataError(path, f"cannot read mask ({type(exc).__name__}: {first_line(exc)})") from None
+        warn_soft_mask(path, values)
+        return values > 0
     if fmt == "dicom":
         ds = dcmread(path)
         raw = decode_pixels(ds, path)
         n_frames = int(ds.get("NumberOfFrames", 1) or 1)
         if n_frames > 1:
             if frame is None:
-                raise DataError(path, f"mask has {n_frames} frames; pass frame=<index>")
+                raise DataError(path, f"mask has {n_frames} frames; its manifest record needs a frame_index")
             raw = raw[frame]
         return (raw.max(axis=-1) if raw.ndim == 3 else raw) > 0
     data = read_image(path, frame).array

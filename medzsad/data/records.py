@@ -85,6 +85,7 @@ class SampleResult:
         sample_id, category, volume_id, slice_index, original_size: as in :class:`Sample`.
         label: 0, 1 or -1 (unknown).
         score: the method's image score.
+        problem: for a sample that could not be read and was skipped, what went wrong (no path).
     """
 
     sample_id: str
@@ -94,6 +95,7 @@ class SampleResult:
     volume_id: str | None = None
     slice_index: int | None = None
     original_size: tuple[int, int] = (0, 0)
+    problem: str = ""  # why the sample was skipped unread (no path); empty for a scored sample
 
 
 @dataclass

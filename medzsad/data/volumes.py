@@ -37,6 +37,7 @@ from medzsad.data.dicom import (
 from medzsad.data.errors import DataError, NotAnImageError, first_line
 from medzsad.data.formats import detect_format
 from medzsad.data.ids import clean_meta, pseudonymous_id
+from medzsad.data.limits import check_volume_size, itk_problem, refuse_non_finite
 from medzsad.data.records import LABEL_ABNORMAL, LABEL_NORMAL, LABEL_UNKNOWN, Sample
 from medzsad.data.samples import SampleBuilder, slice_identity
 from medzsad.data.transforms import ClipImageTransform
@@ -227,9 +228,13 @@ def _read_nifti(path: Path) -> Volume:
 
     try:
         img = nib.load(str(path))
+        check_volume_size(path, img.shape)  # from the header, before the voxels are read
         data = np.asanyarray(img.dataobj)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(path, f"cannot read NIfTI ({type(exc).__name__}: {first_line(exc)})") from None
+    refuse_non_finite(path, data)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -246,14 +251,19 @@ def _read_itk(path: Path, fmt: str) -> Volume:
     import SimpleITK as sitk
 
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        check_volume_size(path, reader.GetSize())  # from the header, before the voxels are read
+        img = reader.Execute()
     except RuntimeError as exc:
-        raise DataError(path, f"cannot read {fmt.upper()} ({first_line(exc)})") from None
+        raise DataError(path, f"cannot read {fmt.upper()} ({itk_problem(exc)})") from None
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise NotAnImageError(path, "vector/colour volumes are not supported")
     if img.GetDimension() not in (2, 3):
         raise NotAnImageError(path, f"{img.GetDimension()}-D image is not a 2-D or 3-D scan")
     arr = sitk.GetArrayFromImage(img)
+    refuse_non_finite(path, arr)
     if arr.ndim == 2:
         arr = arr[None]
     dim = img.GetDimension()
@@ -315,7 +325,11 @@ def _pick_series(folder: Path, series: int | str | None) -> DicomSeriesInfo:
                 f"[{i}] key={s.key} {s.modality or '?'} {s.n_files} files {s.rows}x{s.cols}"
                 for i, s in enumerate(infos)
             )
-            raise DataError(folder, f"holds {len(infos)} DICOM series, choose one with series=: {listing}")
+            raise DataError(
+                folder,
+                f"holds {len(infos)} DICOM series; put each in its own folder "
+                f"(medzsad reads one series per folder): {listing}",
+            )
         return infos[0]
     if isinstance(series, int):
         if not 0 <= series < len(infos):

@@ -151,7 +151,13 @@ def load_checkpoint(
     method = cls(backbone, config)
     if not tensor_path.is_file():
         raise CheckpointError(f"{tensor_path}: checkpoint tensors not found")
-    tensors = load_file(str(tensor_path))
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as exc:  # safetensors raises its own error type for truncated or corrupt files
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"{tensor_path}: not a readable .safetensors file, truncated or corrupt ({reason})"
+        ) from None
     try:
         method.prompt.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -109,6 +109,10 @@ class EvalConfig:
         num_workers: data-loading worker processes (reading and resizing scans overlaps the model);
             ``None`` chooses (:func:`medzsad.engine.runtime.loader_workers`).
         compile: ``torch.compile`` the method's forward (worth it for long runs on a GPU).
+        on_error: ``"skip"`` a sample that cannot be read (one line, listed in ``skipped*.csv``) or
+            ``"stop"`` at the first one.
+        overwrite: replace the results already in ``output_dir`` (else a folder with results is refused,
+            so old and new maps never mix).
         columns: metrics in the terminal table: names or prefixes (``[image_auroc, pixel_aupro, dice]``),
             ``[all]``; ``None`` for the compact default (image and pixel AUROC/AP/F1-max, AU-PRO).
         volume_score: a volume's score from its slice scores: "max" or "topk_mean" (docs/decisions.md).
@@ -128,6 +132,8 @@ class EvalConfig:
     seed: int = 0
     num_workers: int | None = None
     compile: bool = False
+    on_error: str = "skip"
+    overwrite: bool = False
     columns: list[str] | None = None
     volume_score: str = "max"
     volume_top_k: int = 3
@@ -333,6 +339,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         _expand_presets(data)  # here, so that keys given after a preset win
     config = from_mapping(RunConfig, data)
     validate_method_config(config)
+    from medzsad.engine.preflight import check_ranges
+
+    check_ranges(config)
     return config
 
 

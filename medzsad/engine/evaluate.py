@@ -26,15 +26,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from medzsad.data.records import Batch, SampleResult, collate_samples
+from medzsad.data.records import Batch, SampleResult
 from medzsad.engine import distributed
 from medzsad.engine.config import EvalConfig
-from medzsad.engine.inference import indexed, predict_batches
+from medzsad.engine.inference import predict_batches
 from medzsad.engine.runtime import loader_workers
+from medzsad.engine.skipping import Skipped, SkippingDataset, collate_or_skip, skipped_aside
 from medzsad.methods.base import ZsadMethod
 from medzsad.metrics import MetricAccumulator, MetricsReport
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
-from medzsad.utils.progress import progress
+from medzsad.utils.progress import note, progress
 from medzsad.utils.tables import write_csv
 from medzsad.viz import ReviewSample, display_images
 
@@ -51,6 +52,11 @@ class DatasetEvaluation:
     review: list[ReviewSample] = field(default_factory=list)
     accumulator: MetricAccumulator | None = None
     decisions: Any = None  # engine.calibrate.DecisionReport: thresholds, their origin, volume/lesion levels
+
+    @property
+    def skipped(self) -> list[SampleResult]:
+        """Samples that could not be read (``eval.on_error=skip``); not part of the metrics."""
+        return [s for s in self.samples if s.problem]
 
 
 def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: int) -> list[ReviewSample]:
@@ -189,13 +195,14 @@ def _evaluate_indices(
 ) -> tuple[MetricAccumulator, list[SampleResult], list[ReviewSample]]:
     method.to(device).eval()
     method.backbone.set_precision(config.precision)
+    dataset = SkippingDataset(dataset)
     if len(indices) != len(dataset):
         dataset = Subset(dataset, indices)
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
         shuffle=False,
-        collate_fn=collate_samples,
+        collate_fn=collate_or_skip,
         num_workers=loader_workers(config.num_workers, device),
         pin_memory=device.type == "cuda",
         persistent_workers=False,
@@ -208,7 +215,8 @@ def _evaluate_indices(
     review: list[ReviewSample] = []
     samples: list[SampleResult] = []
     batches = progress(loader, f"test {name}", enabled=distributed.is_main())
-    keyed = indexed(batches, indices.start)
+    skip = lambda item: samples.append(_skipped_result(item, name))  # noqa: E731
+    keyed = skipped_aside(batches, skip, config.on_error == "stop", indices.start)
     for batch in predict_batches(method, keyed, device, config.seed, config.compile):
         scores, maps = batch.pred_score.numpy(), batch.anomaly_map.numpy()
         _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
@@ -221,6 +229,12 @@ def _evaluate_indices(
         if maps_dir is not None:
             _write_maps(maps_dir, batch.sample_id, maps)
     return accumulator, samples, review
+
+
+def _skipped_result(skip: Skipped, dataset_name: str) -> SampleResult:
+    """Report a skipped sample on one line (the console may name the file) and keep it for the outputs."""
+    note(f"medzsad: skipped a sample of {dataset_name}: {skip.where}: {skip.problem}")
+    return SampleResult(skip.sample_id, skip.category, float("nan"), -1, problem=skip.problem)
 
 
 def _update_metrics(
@@ -288,7 +302,12 @@ def write_tables(output_dir: Path, evaluations: Mapping[str, DatasetEvaluation])
 
 
 def write_scores(path: Path, evaluation: DatasetEvaluation) -> None:
-    """One CSV row per image: pseudonymous id, category, label, score."""
+    """One CSV row per image: pseudonymous id, category, label, score; the skipped samples (if any) in
+    ``skipped_<dataset>.csv`` beside it (pseudonymous id, category, problem)."""
+    if evaluation.skipped:
+        rows = [(s.sample_id, s.category, s.problem) for s in evaluation.skipped]
+        write_csv(path.with_name(path.name.replace("scores", "skipped", 1)), ("sample_id", "category", "problem"), rows)
     header = ["sample_id", "category", "label", "score", "volume_id", "slice_index"]
-    rows = ([s.sample_id, s.category, s.label, s.score, s.volume_id, s.slice_index] for s in evaluation.samples)
+    scored = (s for s in evaluation.samples if not s.problem)
+    rows = ([s.sample_id, s.category, s.label, s.score, s.volume_id, s.slice_index] for s in scored)
     write_csv(path, header, rows)

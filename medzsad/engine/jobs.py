@@ -29,9 +29,10 @@ from medzsad.engine.config import ConfigError, RunConfig, method_config_for
 from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
 from medzsad.engine.outputs import mlflow_run_line
 from medzsad.engine.predict import PredictSummary, predict_paths
+from medzsad.engine.preflight import check_device, check_names, check_output_dir, claim_output_dir
 from medzsad.engine.references import bank_tags, with_references, write_references
 from medzsad.engine.runtime import build_backbone, build_method
-from medzsad.engine.train import TrainResult, train
+from medzsad.engine.train import TrainResult, saved_run_id, train
 from medzsad.methods.base import ZsadMethod
 from medzsad.metrics import MVTEC_EXACT, aupro_name, binned_variant
 from medzsad.tracking import Purpose, tracked_run
@@ -84,15 +85,17 @@ class DatasetSpec:
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def parse_dataset_spec(text: str) -> DatasetSpec:
-    """``"brainmri=/data/BrainMRI/meta.json"`` -> name ``brainmri``; without a name, the folder's name."""
+def parse_dataset_spec(text: str, position: int = 1) -> DatasetSpec:
+    """``"brainmri=/data/BrainMRI/meta.json"`` -> name ``brainmri``; without a name, ``dataset-<position>``.
+
+    The name goes to tables, file names and MLflow, so it is never taken from the path: hospital exports
+    name folders after patients (``LASTNAME_Firstname_ID/``).
+    """
     name, sep, path = text.partition("=")
     if not sep:
         path, name = text, ""
-    location = Path(path)
-    if not name:
-        name = (location.parent.name if location.is_file() else location.name) or "dataset"
-    return DatasetSpec(_SAFE_NAME.sub("_", name).strip("_") or "dataset", location)
+    neutral = f"dataset-{position}"
+    return DatasetSpec(_SAFE_NAME.sub("_", name).strip("_") or neutral, Path(path))
 
 
 def open_dataset(spec: str | Path, config: RunConfig, image_size: int, root: str | None = None) -> Dataset:
@@ -128,6 +131,7 @@ def _few_shot(method: ZsadMethod, config: RunConfig, device: torch.device) -> Zs
 def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Path) -> PredictSummary:
     """Maps, overlays and scores for every input (see :mod:`medzsad.engine.predict`); under torchrun each
     process scores its block of the inputs and rank 0 writes the merged CSVs."""
+    check_device(config.device)
     if config.predict.engine == "onnx":
         from medzsad.deploy.serve import predict_onnx
 
@@ -137,6 +141,7 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
             )
         return predict_onnx(config.checkpoint, inputs, output_dir, config.eval.batch_size)
     device = distributed.setup(config.device)
+    _claim(output_dir, "--output", config)
     method = build_method(config)
     _require_trained(method, config)
     method = _few_shot(method, config, device)
@@ -156,6 +161,7 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
         seed=seed,
         options=options,
         decisions=writer,
+        stop_on_error=config.eval.on_error == "stop",
     )
     write_references(method, output_dir)
     return summary
@@ -171,6 +177,20 @@ def run_export(config: RunConfig, output_dir: Path, fmt: str = "all"):
     method = build_method(config)
     _require_trained(method, config)
     return export_formats(method, make_transform(config, method.image_size), output_dir, fmt)
+
+
+def _claim(output_dir: Path, key: str, config: RunConfig) -> None:
+    """Rank 0 checks the output folder and clears earlier results (``eval.overwrite``); the others wait,
+    so no process writes before the folder is ready, and an error stops every process."""
+    error = None
+    if distributed.is_main():
+        try:
+            claim_output_dir(output_dir, key, config.eval.overwrite)
+        except ConfigError as exc:
+            error = str(exc)
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise ConfigError(error)
 
 
 # The image-score threshold the review calls a case abnormal at, until calibration provides one.
@@ -224,8 +244,20 @@ def _param(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, target: str, aux: str | None) -> Iterator:
-    """An MLflow run when tracking is on; under torchrun only rank 0 opens one (the others get None)."""
+def _maybe_tracked(
+    config: RunConfig,
+    purpose: Purpose,
+    method: ZsadMethod,
+    target: str,
+    aux: str | None,
+    forbidden: frozenset[str],
+    resume_run_id: str | None = None,
+) -> Iterator:
+    """An MLflow run when tracking is on; under torchrun only rank 0 opens one (the others get None).
+
+    The run receives ``forbidden``, the identifying header values of its data (:func:`_identifiers`),
+    and refuses any string holding one.
+    """
     if not config.tracking.enabled or not distributed.is_main():
         yield None
         return
@@ -242,6 +274,8 @@ def _maybe_tracked(config: RunConfig, purpose: Purpose, method: ZsadMethod, targ
         config_dict=config_dict,
         params=run_params(config, purpose),
         code_version=medzsad.__version__,
+        forbidden=forbidden,
+        resume_run_id=resume_run_id,
     ) as run:
         yield run
     print(mlflow_run_line(f"{purpose.value} on {target}", run.run_id, run.offline, run.spool_path))
@@ -255,18 +289,25 @@ def evaluate_config(
     Under torchrun every process evaluates its block of each dataset and writes its maps; rank 0 merges
     the metrics, writes the score CSVs and tables, prints and logs to MLflow.
     """
+    check_device(config.device)
+    output_dir = Path(config.eval.output_dir)
+    specs = [parse_dataset_spec(text, position) for position, text in enumerate(config.data.test, start=1)]
+    for position, spec in enumerate(specs):  # every dataset exists before the first one is scored
+        if not spec.path.exists():
+            raise ConfigError(f"data.test[{position}]: {spec.path}: dataset not found")
     device = distributed.setup(config.device)
+    _claim(output_dir, "eval.output_dir", config)
     main = distributed.is_main()
     method = method if method is not None else build_method(config)
     _require_trained(method, config)
     method = _few_shot(method, config, device)
-    output_dir = Path(config.eval.output_dir)
     evaluations: dict[str, DatasetEvaluation] = {}
     calibration = decisions.load_for(config, method)
     eval_config = decisions.with_pixel_threshold(config.eval, calibration)
-    for text in config.data.test:
-        spec = parse_dataset_spec(text)
+    for position, (text, spec) in enumerate(zip(config.data.test, specs), start=1):
         dataset = open_dataset(text, config, method.image_size)
+        forbidden = _identifiers(config, dataset)
+        check_names([(f"data.test[{position - 1}]", spec.name)], forbidden)
         maps_dir = output_dir / "maps" / spec.name if config.eval.save_maps else None
         review_limit = config.tracking.review_limit if config.tracking.enabled else 0
         collector = decisions.collector_for(config.eval, calibration)
@@ -281,11 +322,13 @@ def evaluate_config(
         result.decisions = decisions.decide(result.samples, calibration, config.eval, collector, one)
         write_scores(output_dir / f"scores_{spec.name}.csv", result)
         decisions.write_decisions(output_dir, spec.name, result.decisions)
+        if result.skipped:
+            print(f"{spec.name}: {len(result.skipped)} sample(s) skipped, listed in skipped_{spec.name}.csv")
         if not quiet:
             print(f"\n{spec.name} ({method.name}; {_pixel_metric_kind(config)})")
             print(result.report.format_table(columns=config.eval.columns))
             print(decisions.format_decisions(result.decisions))
-        with _maybe_tracked(config, Purpose.ZERO_SHOT_EVAL, method, spec.name, _aux_data(config)) as run:
+        with _maybe_tracked(config, Purpose.ZERO_SHOT_EVAL, method, spec.name, _aux_data(config), forbidden) as run:
             if run is not None:
                 _log_evaluation(run, result, config)
                 decisions.log_decisions(run, result.decisions, calibration)
@@ -298,6 +341,15 @@ def evaluate_config(
             print(f"\ntables: {csv_path}, {json_path}")
     distributed.barrier()  # the tables exist for every process once this returns
     return evaluations
+
+
+def _identifiers(config: RunConfig, dataset: Dataset) -> frozenset[str]:
+    """The identifying header values of ``dataset``'s files, when they can reach MLflow (else none)."""
+    if not config.tracking.enabled or not distributed.is_main():
+        return frozenset()
+    from medzsad.data.dicom import dataset_identifiers
+
+    return dataset_identifiers(getattr(dataset, "source_files", list)())
 
 
 def run_test(config: RunConfig) -> dict[str, DatasetEvaluation]:
@@ -318,6 +370,7 @@ def _log_evaluation(run: Any, result: DatasetEvaluation, config: RunConfig) -> N
     metrics = {category: dict(values.values) for category, values in report.per_category.items()}
     metrics["mean"] = dict(report.macro_mean.values)
     run.log_eval(metrics)
+    run.log_metrics({"skipped_samples": len(result.skipped)})
     run.log_dataset(result.name, *_dataset_identity(result))
     if result.accumulator is not None:
         _log_curves(run, result.accumulator.curves(), report.per_category, _aupro_name(config))
@@ -447,6 +500,9 @@ def run_train(config: RunConfig, finetune: bool = False) -> TrainResult:
         raise ConfigError("checkpoint: finetune continues from a trained checkpoint; give checkpoint=...")
     if not finetune and config.checkpoint:
         raise ConfigError("checkpoint: train starts from fresh prompts; use `medzsad finetune` to continue one")
+    check_device(config.device)
+    if distributed.is_main():
+        check_output_dir(config.train.output_dir, "train.output_dir")
     device = distributed.setup(config.device)
     backbone = build_backbone(config)
     torch.manual_seed(config.train.seed)  # prompt initialisation
@@ -455,10 +511,14 @@ def run_train(config: RunConfig, finetune: bool = False) -> TrainResult:
         raise ConfigError(f"method: {config.method} is training-free; nothing to train")
     dataset = open_dataset(config.data.train, config, method.image_size, root=config.data.train_root)
     aux = parse_dataset_spec(config.data.train).name
+    forbidden = _identifiers(config, dataset)
+    check_names([("data.train", aux)], forbidden)
     purpose = Purpose.FINETUNE if finetune else Purpose.AUX_TRAIN
-    with _maybe_tracked(config, purpose, method, aux, aux) as run:
+    with _maybe_tracked(config, purpose, method, aux, aux, forbidden, saved_run_id(config.train)) as run:
         on_epoch = (lambda epoch, losses: run.log_epoch(epoch, losses)) if run is not None else None
-        result = train(method, dataset, config.train, device, on_epoch, {"aux_data": aux, "finetune": finetune})
+        state = {"tracking_run_id": run.run_id} if run is not None and run.run_id else None
+        metadata = {"aux_data": aux, "finetune": finetune}
+        result = train(method, dataset, config.train, device, on_epoch, metadata, extra_state=state)
         if run is not None and result.last_checkpoint is not None:
             tensors, meta = checkpoint_paths(result.last_checkpoint)
             run.log_checkpoint(tensors, meta)

@@ -43,6 +43,7 @@ from medzsad.engine import distributed
 from medzsad.engine.calibrate import DecisionWriter
 from medzsad.engine.inference import KeyedBatch, predict_batches
 from medzsad.engine.randomness import NoiseKey
+from medzsad.engine.skipping import live_tables, pathless
 from medzsad.methods.base import ZsadMethod
 from medzsad.utils.files import atomic_write_bytes
 from medzsad.utils.progress import progress
@@ -50,6 +51,8 @@ from medzsad.utils.tables import write_csv
 from medzsad.viz import MapScale, display_images
 from medzsad.viz.render import render_overlay
 
+SCORES_HEADER = ("sample_id", "kind", "score", "height", "width", "volume_id", "slice_index", "intensity")
+INDEX_HEADER = ("sample_id", "source")
 OVERLAY_SCALE = MapScale(0.0, 1.0)  # maps are probabilities: one fixed scale for every image
 
 
@@ -145,6 +148,10 @@ class Predictor:
         self.seed = seed
         self.rows: list[list] = []
         self.index_rows: list[list[str]] = []
+        self._live = live_tables(self.output_dir, (SCORES_HEADER, INDEX_HEADER))
+        self.stop_on_error = False  # stop at the first unreadable input instead of skipping it
+        self.stopped: DataError | None = None  # that input's error, raised once the inputs before it are written
+        self.skipped: list[tuple[str, str]] = []  # (pseudonymous id, problem) of each skipped input
         self._pending: deque[_Pending] = deque()
 
     def run(
@@ -161,6 +168,8 @@ class Predictor:
         loop = self._scored(batches) if self.score_fn else predict_batches(self.method, batches, self.device, self.seed)
         for batch in loop:
             self._write(batch, self._pending.popleft())
+        if self.stopped is not None:
+            raise self.stopped
 
     def _scored(self, batches: Iterable[KeyedBatch]) -> Iterator[Batch]:
         """The batches with ``score_fn``'s predictions set (its own draws: the noise keys are unused)."""
@@ -188,9 +197,10 @@ class Predictor:
                     summary.volumes += 1
                     continue
                 samples = dataset.item_samples(item)
-            except DataError as exc:
-                summary.failures.append(str(exc))
-                report(f"skipped: {exc}")
+            except (DataError, MemoryError) as exc:
+                self._skip(_as_data_error(exc, path), path, summary, report)
+                if self.stopped is not None:
+                    break  # the images read before it are still scored and written
                 continue
             summary.images += len(samples)
             images.extend((sample, (position, frame), path) for frame, sample in enumerate(samples))
@@ -248,10 +258,10 @@ class Predictor:
         atomic_write_bytes(self.output_dir / "maps" / f"{result.sample_id}.npz", buffer.getvalue())
         caption = f"{result.sample_id} | score {result.score:.3g} | {intensity or 'as stored'}"
         atomic_write_bytes(self.output_dir / "overlays" / f"{result.sample_id}.png", overlay_png(image, full, caption))
-        self.rows.append([result.sample_id, "image", result.score, height, width, None, None, intensity])
+        self._add([result.sample_id, "image", result.score, height, width, None, None, intensity], 0)
         if self.decisions is not None:
             self.decisions.image(result.sample_id, result.score, full)
-        self.index_rows.append([result.sample_id, str(source)])
+        self._add([result.sample_id, str(source)], 1)
 
     def _add_slices(
         self, open_volume: _OpenVolume, results: list[SampleResult], maps: np.ndarray, windows: list[str | None]
@@ -261,7 +271,7 @@ class Predictor:
             index = int(result.slice_index or 0)
             open_volume.maps[index] = map_to_original(amap, result.original_size, pad_to_square=pad)
             volume_id = open_volume.volume_id
-            self.rows.append([f"{volume_id}:{index}", "slice", result.score, None, None, volume_id, index, intensity])
+            self._add([f"{volume_id}:{index}", "slice", result.score, None, None, volume_id, index, intensity], 0)
             open_volume.scores.append(result.score)
         if len(open_volume.maps) == open_volume.slices:
             indices = sorted(open_volume.maps)
@@ -271,22 +281,42 @@ class Predictor:
             write_nifti(map_volume, open_volume.volume, path)
             if self.decisions is not None:
                 self.decisions.volume(open_volume.volume_id, open_volume.volume, map_volume, open_volume.scores)
-            self.index_rows.append([open_volume.volume_id, str(open_volume.source)])
+            self._add([open_volume.volume_id, str(open_volume.source)], 1)
             open_volume.maps.clear()
+
+    def _add(self, row: list, table: int) -> None:
+        """A row of ``scores.csv`` (0) or of the sample index (1), kept and written to disk at once."""
+        (self.rows, self.index_rows)[table].append(row)
+        self._live[table].append(row)
+
+    def _skip(self, error: DataError, path: Path, summary: PredictSummary, report: Callable[[str], None]) -> None:
+        """One line for an unreadable input, listed for ``skipped.csv``; or, in stop mode, the error."""
+        if self.stop_on_error:
+            self.stopped = error
+            return
+        summary.failures.append(str(error))
+        self.skipped.append((pseudonymous_id(str(path.resolve())), pathless(error.problem)))
+        report(f"skipped: {error}")
 
     def finish(self) -> None:
         """Write the CSVs; under torchrun rank 0 writes every process's rows, in rank order."""
+        for table in self._live:
+            table.close()
         own = self.decisions.rows if self.decisions is not None else []
-        parts = distributed.gather_objects((self.rows, self.index_rows, own))
+        parts = distributed.gather_objects((self.rows, self.index_rows, own, self.skipped))
         if parts is None:
             return
         if self.decisions is not None:
             self.decisions.finish([row for part in parts for row in part[2]])
         rows = [row for part in parts for row in part[0]]
         index_rows = [row for part in parts for row in part[1]]
-        header = ["sample_id", "kind", "score", "height", "width", "volume_id", "slice_index", "intensity"]
-        write_csv(self.output_dir / "scores.csv", header, rows)
-        write_csv(self.output_dir / "sample_index.local.csv", ["sample_id", "source"], index_rows)
+        write_csv(self.output_dir / "scores.csv", SCORES_HEADER, rows)
+        write_csv(self.output_dir / "sample_index.local.csv", INDEX_HEADER, index_rows)
+        skipped = [row for part in parts for row in part[3]]
+        if skipped:
+            write_csv(self.output_dir / "skipped.csv", ("sample_id", "problem"), skipped)
+        for partial in self.output_dir.glob(".*.partial*.csv"):
+            partial.unlink(missing_ok=True)
 
 
 def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, caption: str = "") -> bytes:
@@ -295,6 +325,12 @@ def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, caption: str = "") -
     buffer = io.BytesIO()
     Image.fromarray(render_overlay(image, anomaly_map, OVERLAY_SCALE, caption)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _as_data_error(exc: BaseException, path: Path) -> DataError:
+    if isinstance(exc, DataError):
+        return exc
+    return DataError(path, "not enough memory to decode it")  # a MemoryError from a decoder
 
 
 def predict_paths(
@@ -307,11 +343,14 @@ def predict_paths(
     precision: str = "fp32",
     report: Callable[[str], None] = print,
     seed: int = 0,
+    stop_on_error: bool = False,
     options: dict | None = None,
     decisions: DecisionWriter | None = None,
     score_fn: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> PredictSummary:
-    """Score every input; unreadable ones are reported (one line each) and skipped; ``score_fn``
+    """Score every input; unreadable ones are reported (one line each), skipped and listed in ``skipped.csv``
+    (pseudonymous id and problem), or with ``stop_on_error`` the first one stops the run. Rows of
+    ``scores.csv`` are on disk as soon as their maps are (:func:`~medzsad.engine.skipping.live_tables`). ``score_fn``
     replaces ``method`` (see :class:`Predictor`).
 
     Under torchrun each process scores its block of the inputs and reports its own unreadable ones;
@@ -319,6 +358,7 @@ def predict_paths(
     """
     summary = PredictSummary(Path(output_dir))
     predictor = Predictor(method, Path(output_dir), device, transform, batch_size, precision, seed, decisions, score_fn)
+    predictor.stop_on_error = stop_on_error
     inputs = list(inputs)
     dataset = scan_predict_inputs(inputs, transform, options)
     if distributed.is_main():

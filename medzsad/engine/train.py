@@ -83,6 +83,16 @@ def _load_state(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def saved_run_id(config: TrainConfig) -> str | None:
+    """The MLflow run id stored in the resume state of ``config.output_dir`` (None when there is none),
+    so a resumed training logs its remaining epochs into the run that holds its first ones."""
+    path = Path(config.output_dir) / STATE_FILE
+    if not (config.resume and path.is_file()):
+        return None
+    value = _load_state(path).get("tracking_run_id")
+    return str(value) if value else None
+
+
 def _check_labels(batch: Batch) -> None:
     if bool((batch.label < 0).any()):
         raise TrainingError("training needs a normal/abnormal label for every image; some samples have none")
@@ -328,6 +338,7 @@ def train(
     device: torch.device,
     on_epoch: EpochCallback | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
+    extra_state: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Learn the prompts of ``method`` on ``dataset`` (samples with image, mask and label).
 
@@ -339,6 +350,8 @@ def train(
         on_epoch: called after every completed epoch with ``(epoch, mean loss terms)``, by rank 0 only
             under torchrun.
         extra_metadata: stored in every checkpoint's ``training`` record (aux data name, ...).
+        extra_state: stored in ``state.pt`` (strings and numbers), e.g. the MLflow run that a resumed
+            training continues (:func:`saved_run_id`).
 
     Returns:
         :class:`TrainResult` (the same on every process under torchrun).
@@ -390,6 +403,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "scaler": scaler.state_dict(),
                     "history": result.history,
+                    **dict(extra_state or {}),
                 },
                 state_path,
             )

@@ -7,32 +7,30 @@ a method computes. See docs/tracking.md.
 from medzsad.utils.lazy import lazy_exports
 
 # Imported on first use: `engine.config` reads the settings dataclass (`tracking.config`) without
-# loading MLflow, torch or the renderers.
+# loading MLflow, torch or the renderers (`medzsad prepare list` and config errors stay fast).
 _EXPORTS = {
-    "Purpose": "config",
-    "TrackingConfig": "config",
-    "sqlite_uri": "config",
     "DEFAULT_PARAM_ALLOW": "params",
-    "config_hash": "params",
-    "select_params": "params",
-    "PHIError": "phi",
-    "clear_forbidden": "phi",
-    "find_phi": "phi",
-    "phi_guard": "phi",
-    "register_forbidden": "phi",
-    "ReviewSummary": "review",
     "CheckpointFiles": "run",
-    "TrackedRun": "run",
-    "load_checkpoint_from_model": "run",
-    "load_checkpoint_from_run": "run",
-    "tracked_run": "run",
-    "upload_spool": "run",
-    "UIServer": "ui",
-    "serve_ui": "ui",
-    # re-exported: the types log_review/log_curves take
     "Curve": "run",
     "MapScale": "run",
+    "PHIError": "phi",
+    "Purpose": "config",
     "ReviewSample": "review",
+    "ReviewSummary": "review",
+    "TrackedRun": "run",
+    "TrackingConfig": "config",
+    "UIServer": "ui",
+    "config_hash": "params",
+    "find_phi": "phi",
+    "forbidden_values": "phi",
+    "load_checkpoint_from_model": "run",
+    "load_checkpoint_from_run": "run",
+    "phi_guard": "phi",
+    "select_params": "params",
+    "serve_ui": "ui",
+    "sqlite_uri": "config",
+    "tracked_run": "run",
+    "upload_spool": "run",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 

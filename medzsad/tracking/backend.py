@@ -133,6 +133,16 @@ class MlflowBackend:
         run = self.client.create_run(experiment_id, start_time=start_time_ms, run_name=run_name)
         return run.info.run_id
 
+    def reopen_run(self, run_id: str) -> bool:
+        """Mark an existing run RUNNING again (a resumed training continues it); False when it is gone."""
+        self.probe()
+        try:
+            self.client.get_run(run_id)
+        except Exception:  # deleted, or from another store: the caller starts a new run
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        return True
+
     def start_system_metrics(self, run_id: str) -> None:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 

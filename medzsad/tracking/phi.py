@@ -3,23 +3,24 @@
 MLflow shows run names, params, tags, metric keys, table cells and artifact paths to anyone who
 opens the UI, and keeps them in its database. So each such string is checked against rules for
 identifiers that leak from clinical data (absolute source paths, DICOM UIDs, dates, DICOM person
-names) and against values that the data layer registers as forbidden (patient names and ids,
-accession numbers, institution names read from the headers it loads).
+names) and against the identifying values of the data the run was fed (patient names and ids,
+accession numbers, institution names read from the headers). Those values are not a global: the
+engine reads them from the data layer (:func:`medzsad.data.dicom.dataset_identifiers`) and hands them
+to the run (``tracked_run(..., forbidden=...)``), which passes them to every check here.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
+    "Forbidden",
     "PHIError",
-    "clear_forbidden",
     "find_phi",
+    "forbidden_values",
     "phi_guard",
-    "register_forbidden",
     "scrub_tree",
 ]
 
@@ -61,37 +62,34 @@ _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("a DICOM person name", re.compile(r"\w\^\w|\^\^")),
 )
 
-# Registered values shorter than this are matched as whole tokens only, so that a two-letter
+# Forbidden values shorter than this are matched as whole tokens only, so that a two-letter
 # patient id does not make every string containing those letters fail.
 _SUBSTRING_MIN_LEN = 4
 _TOKEN_SPLIT = re.compile(r"[^0-9a-z]+")
 
-_lock = threading.Lock()
-_forbidden: set[str] = set()
+#: The identifying values of one run's data, case-folded (see :func:`forbidden_values`).
+Forbidden = frozenset[str]
+
+# A config string that names a file or folder, also relative (``data/LASTNAME_x/meta.json``,
+# ``brain=scans``, ``runs/train/epoch_15.safetensors``): the resolved config redacts these, since a
+# relative path says as much about a patient as an absolute one.
+_PATH_LIKE = re.compile(
+    r"[\\/]|^\.{1,2}$|=|\.(?:json|ya?ml|csv|safetensors|pth?|bin|ckpt|npz|nii(?:\.gz)?|nrrd|nhdr|mh[ad]"
+    r"|dcm|dicom|ima|png|jpe?g|tiff?|bmp|zip|tar|gz|db)$",
+    re.IGNORECASE,
+)
 
 
-def register_forbidden(values: Iterable[object]) -> None:
-    """Register identifying values (names, ids, institutions...) that must never reach MLflow.
-
-    The data layer calls this with what it reads from headers; matching is case-insensitive.
-    """
+def forbidden_values(values: Iterable[object]) -> Forbidden:
+    """Case-folded, non-empty identifying values (names, ids, institutions...) that must never reach MLflow."""
     cleaned = {str(v).strip().casefold() for v in values if v is not None}
     cleaned.discard("")
-    with _lock:
-        _forbidden.update(cleaned)
+    return frozenset(cleaned)
 
 
-def clear_forbidden() -> None:
-    """Forget all registered values (for tests and long-lived processes between datasets)."""
-    with _lock:
-        _forbidden.clear()
-
-
-def _match_forbidden(text: str) -> bool:
+def _match_forbidden(text: str, forbidden: Forbidden) -> bool:
     folded = text.casefold()
     tokens: set[str] | None = None
-    with _lock:
-        forbidden = tuple(_forbidden)
     for value in forbidden:
         if len(value) >= _SUBSTRING_MIN_LEN:
             if value in folded:
@@ -104,20 +102,24 @@ def _match_forbidden(text: str) -> bool:
     return False
 
 
-def find_phi(value: object) -> str | None:
+def find_phi(value: object, forbidden: Forbidden = frozenset()) -> str | None:
     """Why ``value`` must not go to MLflow, or None when it may.
 
-    Numbers and booleans are only checked against registered values: a float cannot be a path,
+    Args:
+        value: the string or primitive about to be sent.
+        forbidden: identifying values of the run's data (:func:`forbidden_values`).
+
+    Numbers and booleans are only checked against ``forbidden``: a float cannot be a path,
     and a seed such as 20240101 should not be taken for a date.
     """
     if isinstance(value, (bool, int, float)) or value is None:
-        return "a registered identifying value" if _match_forbidden(str(value)) else None
+        return "an identifying value of the data" if _match_forbidden(str(value), forbidden) else None
     text = str(value)
     for reason, pattern in _RULES:
         if pattern.search(text):
             return reason
-    if _match_forbidden(text):
-        return "a registered identifying value"
+    if _match_forbidden(text, forbidden):
+        return "an identifying value of the data"
     return None
 
 
@@ -128,14 +130,15 @@ def _redacted(text: str) -> str:
     return f"{text[:2]}…{text[-2:]} ({len(text)} chars)"
 
 
-def phi_guard(value: Any, where: str) -> Any:
+def phi_guard(value: Any, where: str, forbidden: Forbidden = frozenset()) -> Any:
     """Return ``value`` unchanged if it may go to MLflow, else raise :class:`PHIError`.
 
     Args:
         value: the string (or primitive) about to be sent.
         where: what it is, for the message, e.g. ``"tag 'target_dataset'"``.
+        forbidden: identifying values of the run's data (:func:`forbidden_values`).
     """
-    reason = find_phi(value)
+    reason = find_phi(value, forbidden)
     if reason is not None:
         raise PHIError(
             f"PHI guard: {where} looks like {reason} and must not be sent to MLflow "
@@ -145,32 +148,34 @@ def phi_guard(value: Any, where: str) -> Any:
     return value
 
 
-def guard_mapping(mapping: Mapping[str, Any], kind: str) -> None:
+def guard_mapping(mapping: Mapping[str, Any], kind: str, forbidden: Forbidden = frozenset()) -> None:
     """Guard every key and value of a mapping (tags, params)."""
     for key, value in mapping.items():
-        phi_guard(key, f"{kind} name {key!r}"[:80])
-        phi_guard(value, f"{kind} {key!r}")
+        phi_guard(key, f"{kind} name {key!r}"[:80], forbidden)
+        phi_guard(value, f"{kind} {key!r}", forbidden)
 
 
-def scrub_tree(obj: Any) -> tuple[Any, int]:
-    """Copy a config tree with every string that fails the guard replaced by ``<redacted>``.
+def scrub_tree(obj: Any, forbidden: Forbidden = frozenset()) -> tuple[Any, int]:
+    """Copy a config tree with every string that fails the guard, or names a file or folder (also a
+    relative one), replaced by ``<redacted>``.
 
-    Used for the resolved config artifact, which always holds data paths: redacting them keeps
-    the rest of the config reviewable. Returns the copy and how many values were redacted.
+    Used for the resolved config artifact, which always holds data and checkpoint paths: redacting
+    them keeps the rest of the config reviewable. Returns the copy and how many values were redacted.
     """
     if isinstance(obj, Mapping):
         out: dict[str, Any] = {}
         count = 0
         for key, value in obj.items():
-            safe_key = str(key) if find_phi(str(key)) is None else f"<redacted-key-{len(out)}>"
+            safe_key = str(key) if find_phi(str(key), forbidden) is None else f"<redacted-key-{len(out)}>"
             count += safe_key != str(key)
-            out[safe_key], n = scrub_tree(value)
+            out[safe_key], n = scrub_tree(value, forbidden)
             count += n
         return out, count
     if isinstance(obj, (list, tuple)):
-        items = [scrub_tree(v) for v in obj]
+        items = [scrub_tree(v, forbidden) for v in obj]
         return [v for v, _ in items], sum(n for _, n in items)
     if isinstance(obj, (bool, int, float)) or obj is None:
-        return (obj, 0) if find_phi(obj) is None else ("<redacted>", 1)
+        return (obj, 0) if find_phi(obj, forbidden) is None else ("<redacted>", 1)
     text = str(obj)
-    return (text, 0) if find_phi(text) is None else ("<redacted>", 1)
+    safe = find_phi(text, forbidden) is None and not _PATH_LIKE.search(text)
+    return (text, 0) if safe else ("<redacted>", 1)

@@ -29,7 +29,7 @@ import medzsad
 from medzsad.tracking.backend import MlflowBackend, now_ms, quiet_mlflow, redact_uri
 from medzsad.tracking.config import Purpose, TrackingConfig
 from medzsad.tracking.params import config_hash, is_allowed_key, param_value, select_params
-from medzsad.tracking.phi import PHIError, guard_mapping, phi_guard, scrub_tree
+from medzsad.tracking.phi import Forbidden, PHIError, forbidden_values, guard_mapping, phi_guard, scrub_tree
 from medzsad.tracking.review import ReviewSelector, ReviewSummary, checked_id
 from medzsad.tracking.spool import Spool, find_spools
 from medzsad.viz.render import Curve, CurveKind, MapScale, _resize_float, curve_figure, render_tile, render_volume
@@ -61,8 +61,8 @@ class CheckpointFiles:
     metadata: Path
 
 
-def _safe_name(value: str, what: str) -> str:
-    phi_guard(value, what)
+def _safe_name(value: str, what: str, forbidden: Forbidden = frozenset()) -> str:
+    phi_guard(value, what, forbidden)
     if not _SAFE_NAME.match(value):
         raise ValueError(f"{what} must be 1-64 letters, digits, '_', '.', '-' (it names files), got {value!r}")
     return value
@@ -74,9 +74,9 @@ def mlflow_metric_key(name: str) -> str:
     return name.replace("@", "_").replace("[", "_").replace("]", "")
 
 
-def _metric_key(key: str) -> str:
+def _metric_key(key: str, forbidden: Forbidden = frozenset()) -> str:
     key = mlflow_metric_key(key)
-    phi_guard(key, f"metric name {key!r}")
+    phi_guard(key, f"metric name {key!r}", forbidden)
     if not _METRIC_KEY.match(key):
         raise ValueError(f"metric name {key!r} may only hold letters, digits, '_', '-', '.', ' ' and '/'")
     return key
@@ -87,12 +87,19 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 class TrackedRun:
-    """One MLflow run, or its local spool while MLflow is unavailable. Made by :func:`tracked_run`."""
+    """One MLflow run, or its local spool while MLflow is unavailable. Made by :func:`tracked_run`.
 
-    def __init__(self, config: TrackingConfig, purpose: Purpose, spool: Spool) -> None:
+    ``forbidden`` holds the identifying values of the run's data (header names, ids...); every string
+    the run sends is checked against them as well as against the general PHI rules.
+    """
+
+    def __init__(
+        self, config: TrackingConfig, purpose: Purpose, spool: Spool, forbidden: Forbidden = frozenset()
+    ) -> None:
         self.config = config
         self.purpose = purpose
         self.spool = spool
+        self.forbidden = forbidden
         self.run_id: str | None = None
         self._backend: MlflowBackend | None = None
         self._scales: dict[str, MapScale] = {}
@@ -110,12 +117,16 @@ class TrackedRun:
         """The run's local folder: kept after the run only when it was offline."""
         return self.spool.root
 
-    def _connect(self, run_name: str) -> None:
+    def _connect(self, run_name: str, resume_run_id: str | None = None) -> None:
         try:
             with quiet_mlflow():
                 self._backend = MlflowBackend(self.config)
                 start_ms = self.spool.read_meta()["start_ms"]
-                self.run_id = self._backend.start_run(self.purpose, run_name, start_ms)
+                if resume_run_id and self._backend.reopen_run(resume_run_id):
+                    self.run_id = resume_run_id
+                else:
+                    self.run_id = self._backend.start_run(self.purpose, run_name, start_ms)
+                self.spool.update_meta(online_run_id=self.run_id)
             if self.config.system_metrics:
                 self._backend.start_system_metrics(self.run_id)
         except ImportError:
@@ -167,15 +178,15 @@ class TrackedRun:
     # -- artifacts helpers ------------------------------------------------------------------------
     def _log_file(self, relative: str) -> None:
         """Upload the staged file ``files/<relative>`` to the same artifact path."""
-        phi_guard(relative, f"artifact path {relative!r}")
+        phi_guard(relative, f"artifact path {relative!r}", self.forbidden)
         parent = str(Path(relative).parent)
         self._emit({"op": "artifact", "file": relative, "artifact_path": None if parent == "." else parent})
 
     def _log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
         for name, values in columns.items():
-            phi_guard(name, f"table column {name!r}")
+            phi_guard(name, f"table column {name!r}", self.forbidden)
             for value in values:
-                phi_guard(value, f"a cell of column {name!r} in {artifact_file}")
+                phi_guard(value, f"a cell of column {name!r} in {artifact_file}", self.forbidden)
         # Several tables may go to one artifact (MLflow appends them); number the staged copies.
         self._n_tables += 1
         staged = self.spool.stage(f"_tables/{self._n_tables:04d}.json")
@@ -184,7 +195,7 @@ class TrackedRun:
         self._emit({"op": "table", "file": relative, "artifact_file": artifact_file})
 
     def _log_image(self, array: np.ndarray, key: str, step: int) -> None:
-        phi_guard(key, f"image key {key!r}")
+        phi_guard(key, f"image key {key!r}", self.forbidden)
         staged = self.spool.stage(f"_images/{key.replace('/', '~')}/{step}.png")
         _save_png(array, staged)
         relative = staged.relative_to(self.spool.files).as_posix()
@@ -199,20 +210,20 @@ class TrackedRun:
             TypeError: a value that is not a bool, int, float, str, None or short list of those.
         """
         out = _checked_params(params, self.config.param_allow)
-        guard_mapping(out, "param")
+        guard_mapping(out, "param", self.forbidden)
         if out:
             self._emit({"op": "params", "params": out})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set extra tags (strings; checked by the PHI guard)."""
         out = {str(k): str(v) for k, v in tags.items()}
-        guard_mapping(out, "tag")
+        guard_mapping(out, "tag", self.forbidden)
         self._emit({"op": "tags", "tags": out})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log metrics by name at one step."""
         timestamp = now_ms()
-        rows = [[_metric_key(k), float(v), int(step), timestamp] for k, v in metrics.items()]
+        rows = [[_metric_key(k, self.forbidden), float(v), int(step), timestamp] for k, v in metrics.items()]
         if rows:
             self._emit({"op": "metrics", "metrics": rows})
 
@@ -263,10 +274,10 @@ class TrackedRun:
             level: ``"image"`` or ``"pixel"`` (part of the file name).
             fpr_limit: draws the integration limit, e.g. 0.3 for AUPRO.
         """
-        _safe_name(level, "curve level")
+        _safe_name(level, "curve level", self.forbidden)
         named = {}
         for name, curve in curves.items():
-            phi_guard(name, f"curve name {name!r}")
+            phi_guard(name, f"curve name {name!r}", self.forbidden)
             named[name] = curve if isinstance(curve, Curve) else Curve(np.asarray(curve[0]), np.asarray(curve[1]))
         relative = f"curves/{level}_{kind}.png"
         figure = curve_figure(kind, named, title=f"{level} {kind.upper()}", fpr_limit=fpr_limit)
@@ -278,15 +289,16 @@ class TrackedRun:
         """Log a dataset as an MLflow dataset input: ``name``, a content ``digest`` (e.g. of the
         sorted pseudonymous sample ids and labels) and ``profile`` counts (samples, anomalous...).
         Nothing here may be a path: every string goes through the PHI guard."""
-        _safe_name(name, "dataset name")
-        guard_mapping({"digest": digest, "context": context, **{str(k): str(v) for k, v in profile.items()}}, "dataset")
+        _safe_name(name, "dataset name", self.forbidden)
+        texts = {"digest": digest, "context": context, **{str(k): str(v) for k, v in profile.items()}}
+        guard_mapping(texts, "dataset", self.forbidden)
         self._emit({"op": "dataset", "name": name, "digest": digest[:36], "profile": dict(profile), "context": context})
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> str:
         """Log a small JSON document (e.g. a calibration file) as ``artifact_file``; every key and string
         passes the PHI guard first. Returns the artifact path."""
-        _guard_json(data, artifact_file)
-        phi_guard(artifact_file, f"artifact path {artifact_file!r}")
+        _guard_json(data, artifact_file, self.forbidden)
+        phi_guard(artifact_file, f"artifact path {artifact_file!r}", self.forbidden)
         self.spool.stage(artifact_file).write_text(json.dumps(data, indent=2, sort_keys=True, default=float))
         self._log_file(artifact_file)
         return artifact_file
@@ -299,8 +311,8 @@ class TrackedRun:
         """
         weights_path, metadata_path = Path(weights_path), Path(metadata_path)
         metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
-        _guard_json(metadata, "checkpoint metadata")
-        _guard_json(_safetensors_metadata(weights_path), "safetensors header metadata")
+        _guard_json(metadata, "checkpoint metadata", self.forbidden)
+        _guard_json(_safetensors_metadata(weights_path), "safetensors header metadata", self.forbidden)
         digest = hashlib.sha256()
         with open(weights_path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -310,7 +322,7 @@ class TrackedRun:
         self._emit({"op": "artifacts", "dir": "checkpoint", "artifact_path": "checkpoint"})
         self.set_tags({"checkpoint_sha256": digest.hexdigest()})
         # The same files as an MLflow 3 logged model: listed on the Models tab, loadable by model id.
-        name = _safe_name(str(metadata.get("method", "checkpoint")), "model name")
+        name = _safe_name(str(metadata.get("method", "checkpoint")), "model name", self.forbidden)
         tags = {"checkpoint_sha256": digest.hexdigest()}
         self._emit({"op": "logged_model", "dir": "checkpoint", "name": name, "tags": tags})
 
@@ -357,11 +369,11 @@ class TrackedRun:
             PHIError: a sample flagged ``burned_in_text`` while ``config.deidentified`` is False,
                 or an id/category that fails the PHI guard.
         """
-        dataset = _safe_name(dataset_name, "dataset name")
+        dataset = _safe_name(dataset_name, "dataset name", self.forbidden)
         samples = list(samples)
         if scale is None:
             scale = MapScale.from_maps(s.anomaly_map for s in samples)
-        guard_mapping({"threshold_origin": threshold_origin, **(context or {})}, "review page text")
+        guard_mapping({"threshold_origin": threshold_origin, **(context or {})}, "review page text", self.forbidden)
         self._scales[dataset] = scale
         selector = ReviewSelector(panel_size, worst_k, image_threshold)
         # Each call stages into its own folder, removed if the call fails (e.g. a refused
@@ -416,7 +428,7 @@ class TrackedRun:
         seen: set[str] = set()
         for sample in samples:
             sample_id = self._check_sample(sample, seen)
-            category = _safe_name(sample.category, "category")
+            category = _safe_name(sample.category, "category", self.forbidden)
             (staging / category).mkdir(exist_ok=True)
             _save_png(
                 self._tile(sample, scale, pixel_threshold, selector, side), staging / category / f"{sample_id}.png"
@@ -436,8 +448,9 @@ class TrackedRun:
                 "refused; set TrackingConfig(deidentified=True) only if the pixels are de-identified"
             )
         sample_id = checked_id(sample)
-        phi_guard(sample.volume_id, f"volume_id of sample {sample_id!r}")
-        phi_guard(sample.intensity, f"intensity of sample {sample_id!r}")
+        phi_guard(sample_id, "sample_id", self.forbidden)
+        phi_guard(sample.volume_id, f"volume_id of sample {sample_id!r}", self.forbidden)
+        phi_guard(sample.intensity, f"intensity of sample {sample_id!r}", self.forbidden)
         if int(sample.label) not in (0, 1):
             raise ValueError(f"sample {sample_id!r}: label must be 0 (normal) or 1 (anomalous), got {sample.label!r}")
         if sample_id in seen:
@@ -481,10 +494,10 @@ class TrackedRun:
                 f"PHI guard: volume {sample_id!r} may carry burned-in text; its figure is refused "
                 "unless TrackingConfig(deidentified=True)"
             )
-        dataset = _safe_name(dataset_name, "dataset name")
-        sample_id = _safe_name(sample_id, "sample_id")
+        dataset = _safe_name(dataset_name, "dataset name", self.forbidden)
+        sample_id = _safe_name(sample_id, "sample_id", self.forbidden)
         scale = scale or self._scales.get(dataset) or MapScale.from_maps([volume_map])
-        phi_guard(window, "volume window")
+        phi_guard(window, "volume window", self.forbidden)
         figure = render_volume(
             volume_image, np.asarray(volume_map), volume_mask, scale, sample_id, max_slices=max_slices, window=window
         )
@@ -529,16 +542,16 @@ def _outcome(label: int, decision: int) -> str:
     return {(1, 1): "TP", (0, 0): "TN", (0, 1): "FP", (1, 0): "FN"}[(label, decision)]
 
 
-def _guard_json(obj: Any, where: str) -> None:
+def _guard_json(obj: Any, where: str, forbidden: Forbidden) -> None:
     if isinstance(obj, Mapping):
         for key, value in obj.items():
-            phi_guard(str(key), f"a key of {where}")
-            _guard_json(value, f"{where} field {key!r}")
+            phi_guard(str(key), f"a key of {where}", forbidden)
+            _guard_json(value, f"{where} field {key!r}", forbidden)
     elif isinstance(obj, (list, tuple)):
         for value in obj:
-            _guard_json(value, where)
+            _guard_json(value, where, forbidden)
     else:
-        phi_guard(obj, where)
+        phi_guard(obj, where, forbidden)
 
 
 def _safetensors_metadata(path: Path) -> dict[str, Any]:
@@ -592,6 +605,8 @@ def tracked_run(
     aux_data: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    forbidden: Iterable[object] = (),
+    resume_run_id: str | None = None,
 ) -> Iterator[TrackedRun]:
     """Open one run (method, checkpoint, target dataset) in the experiment of ``purpose``.
 
@@ -602,34 +617,40 @@ def tracked_run(
     paths, redacted).
     The run ends FINISHED, or FAILED/KILLED when the block raises.
 
+    ``forbidden`` are the identifying values of the data (:func:`medzsad.data.dicom.dataset_identifiers`):
+    no name, tag, param, metric key, artifact path or table cell of the run may contain one.
+    ``resume_run_id`` continues that run (a resumed training) instead of starting a new one, when the
+    store still has it.
+
     Raises:
         PHIError: before anything is logged, when a tag or the run name fails the guard.
     """
     purpose = Purpose(purpose)
+    denied = forbidden_values(forbidden)
     cfg_hash = config_hash(config_dict)
     run_tags = _run_tags(
         purpose, method, backbone, weight_hash, target_dataset, aux_data, cfg_hash, code_version, config
     )
     run_tags.update({str(k): str(v) for k, v in (tags or {}).items()})
-    guard_mapping(run_tags, "tag")
+    guard_mapping(run_tags, "tag", denied)
     name = run_name or f"{method}-{target_dataset}-{cfg_hash[:8]}"
-    phi_guard(name, "run name")
+    phi_guard(name, "run name", denied)
     if params is None:
         selected = select_params(config_dict, config.param_allow)
     else:
         selected = _checked_params(params, config.param_allow)
-    guard_mapping(selected, "param")
+    guard_mapping(selected, "param", denied)
 
     spool = Spool.create(
         config.spool_dir,
         {"purpose": purpose.value, "run_name": name, "start_ms": now_ms(), "status": "RUNNING"},
     )
-    run = TrackedRun(config, purpose, spool)
-    run._connect(name)
+    run = TrackedRun(config, purpose, spool, denied)
+    run._connect(name, resume_run_id)
     run.set_tags(run_tags)
     if selected:
         run._emit({"op": "params", "params": selected})
-    scrubbed, _ = scrub_tree(config_dict)
+    scrubbed, _ = scrub_tree(config_dict, denied)
     spool.stage("config/resolved.yaml").write_text(yaml.safe_dump(scrubbed, sort_keys=False), encoding="utf-8")
     run._log_file("config/resolved.yaml")
     try:
@@ -662,6 +683,12 @@ def upload_spool(spool_dir: str | Path, config: TrackingConfig, remove: bool = T
     backend = MlflowBackend(config)
     for spool in find_spools(Path(spool_dir)):
         meta = spool.read_meta()
+        if meta.get("online_run_id") and not meta.get("offline_reason"):
+            # Every operation already reached the store: the process was killed before it could end the
+            # run and remove its journal. Replaying it would duplicate the run as a FAILED copy.
+            _end_killed(backend, meta["online_run_id"])
+            spool.remove()
+            continue
         run_id = backend.start_run(Purpose(meta["purpose"]), meta["run_name"], meta.get("start_ms"))
         try:
             for op in spool.ops():
@@ -679,6 +706,13 @@ def upload_spool(spool_dir: str | Path, config: TrackingConfig, remove: bool = T
             spool.remove()
         run_ids.append(run_id)
     return run_ids
+
+
+def _end_killed(backend: MlflowBackend, run_id: str) -> None:
+    """End a run whose process died while it was RUNNING (a finished run is left as it is)."""
+    with contextlib.suppress(Exception):  # gone from the store: nothing to end
+        if backend.client.get_run(run_id).info.status == "RUNNING":
+            backend.end_run(run_id, "KILLED")
 
 
 def _supersede(backend: MlflowBackend, partial_run_id: str, run_id: str) -> None:

@@ -122,6 +122,18 @@ class UIServer:
         self.stop()
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a busy port at once, instead of waiting for the server to die on it."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise OSError(f"port {port} on {host} is in use; choose another port") from None
+
+
 def serve_ui(
     store_dir: str | os.PathLike[str] = ".",
     host: str = "127.0.0.1",
@@ -152,6 +164,7 @@ def serve_ui(
     db = store / "mlflow.db"
     if not db.exists():
         raise FileNotFoundError(f"no MLflow store at {db}; run an evaluation first or pass store_dir")
+    _check_port_free(host, port)
     artifacts = store / "mlartifacts"
     artifacts.mkdir(exist_ok=True)
     command = [

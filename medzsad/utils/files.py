@@ -39,6 +39,11 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
             with open(tmp, "rb+") as out:
                 os.fsync(out.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write() names no file: name the one being written (full disk)
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -50,6 +50,17 @@ def progress(
     return LineProgress(iterable, desc, total, stream if enabled else None, _interval())
 
 
+def note(text: str, stream: TextIO | None = None) -> None:
+    """Print one line (a skipped sample...) without breaking a progress bar drawn on a terminal."""
+    stream = stream or sys.stderr
+    if _is_terminal(stream):
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=stream)
+    else:
+        print(text, file=stream, flush=True)
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return stream.isatty()

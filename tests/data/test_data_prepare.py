@@ -211,7 +211,8 @@ def test_generic_folder_with_optional_masks(tmp_path):
     paint.pair(root / "tumour" / "t0.png", root / "masks" / "t0_mask.png")
     paint.image(root / "tumour" / "t1.png")  # no mask for this one: allowed
     manifest = run("folder", root)
-    assert check(manifest) == {"my_scans": {"normal": 3, "anomalous": 2, "with_mask": 1}}
+    # The category is never the folder's name (exports are named after patients): neutral by default.
+    assert check(manifest) == {"category-1": {"normal": 3, "anomalous": 2, "with_mask": 1}}
     with pytest.raises(DataError, match="no normal folder"):
         PREPARERS["folder"](root, normal_names=("healthy",))
 

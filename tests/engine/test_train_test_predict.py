@@ -60,8 +60,8 @@ def test_resume_after_interruption_gives_identical_prompts(tiny_dataset, tmp_pat
 
     original = jobs.train
 
-    def train_with_crash(method, dataset, cfg, device, on_epoch=None, extra=None):
-        return original(method, dataset, cfg, device, crash_after_first_epoch, extra)
+    def train_with_crash(method, dataset, cfg, device, on_epoch=None, extra=None, **state):
+        return original(method, dataset, cfg, device, crash_after_first_epoch, extra, **state)
 
     jobs.train = train_with_crash
     try:
@@ -250,7 +250,7 @@ def test_training_with_loader_workers_equals_the_main_process(tiny_dataset, tmp_
 
 def test_constant_memory_pixel_metrics_match_the_exact_ones_closely(tiny_dataset, trained, tmp_path, capsys):
     def mean_metrics(*extra: str):
-        run = [f"checkpoint={trained}", f"data.test=[{tiny_dataset}]", f"eval.output_dir={tmp_path}"]
+        run = [f"checkpoint={trained}", f"data.test=[{tiny_dataset}]", f"eval.output_dir={tmp_path / str(extra)}"]
         config = load_config(None, [*TINY_OVERRIDES, *run, *extra])
         (result,) = evaluate_config(config).values()
         return result.report.macro_mean.values

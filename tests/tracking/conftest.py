@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medzsad.tracking import TrackingConfig, clear_forbidden, sqlite_uri
+from medzsad.tracking import TrackingConfig, sqlite_uri
 
 ARTIFACTS_DIR = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -33,9 +33,7 @@ def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    clear_forbidden()
     yield
-    clear_forbidden()
 
 
 @pytest.fixture

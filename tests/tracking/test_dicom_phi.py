@@ -1,7 +1,8 @@
 """Real DICOM files through tracking: none of their identifiers may end up in the MLflow store.
 
 The data layer's job (pseudonymous ids, registering header identifiers) is stood in for here with
-an HMAC of the SOP Instance UID and :func:`register_forbidden`, as the data layer would do.
+an HMAC of the SOP Instance UID and the header values handed to the run
+(``tracked_run(forbidden=...)``), as the engine does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medzsad.tracking import PHIError, ReviewSample, TrackingConfig, register_forbidden, tracked_run
+from medzsad.tracking import PHIError, ReviewSample, TrackingConfig, tracked_run
 
 from .helpers import RUN_KWARGS
 
@@ -89,7 +90,6 @@ def test_no_dicom_identifier_reaches_the_store(tracking_config: TrackingConfig, 
         path, ds = _load(name)
         found = _identifiers(path, ds)
         identifiers |= found
-        register_forbidden(found)  # what the data layer does with the headers it reads
         sources.append(str(path))
         image = _display(ds)
         amap = rng.random(image.shape[:2], dtype=np.float32) * 0.3
@@ -112,7 +112,8 @@ def test_no_dicom_identifier_reaches_the_store(tracking_config: TrackingConfig, 
         )
     config_dict = {"data": {"name": "pydicom-testdata", "files": sources, "root": str(Path(sources[0]).parent)}}
 
-    with tracked_run(tracking_config, "zero-shot-eval", config_dict=config_dict, **RUN_KWARGS) as run:
+    kwargs = {**RUN_KWARGS, "forbidden": identifiers}  # the header values, as the engine hands them over
+    with tracked_run(tracking_config, "zero-shot-eval", config_dict=config_dict, **kwargs) as run:
         with pytest.raises(PHIError, match="burned-in"):
             run.log_review(samples, "dicom", image_threshold=0.5, pixel_threshold=0.5)
         safe = [s for s in samples if not s.burned_in_text]

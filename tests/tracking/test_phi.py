@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medzsad.tracking import PHIError, find_phi, phi_guard, register_forbidden
+from medzsad.tracking import PHIError, find_phi, forbidden_values, phi_guard
 from medzsad.tracking.phi import scrub_tree
 
 
@@ -68,29 +68,39 @@ def test_numbers_are_not_taken_for_dates() -> None:
     assert find_phi(0.5) is None
 
 
-def test_registered_values_are_rejected_case_insensitively() -> None:
-    register_forbidden(["Royal Infirmary", "PAT12345", "AB", None, ""])
-    assert find_phi("site royal infirmary west") == "a registered identifying value"
-    assert find_phi("id-pat12345") == "a registered identifying value"
+def test_values_of_the_data_are_rejected_case_insensitively() -> None:
+    forbidden = forbidden_values(["Royal Infirmary", "PAT12345", "AB", None, ""])
+    assert find_phi("site royal infirmary west", forbidden) == "an identifying value of the data"
+    assert find_phi("id-pat12345", forbidden) == "an identifying value of the data"
     # Short values match whole tokens only, so "AB" does not reject "table" or "lab".
-    assert find_phi("ab-scan") == "a registered identifying value"
-    assert find_phi("table") is None
-    assert find_phi(12345) is None
+    assert find_phi("ab-scan", forbidden) == "an identifying value of the data"
+    assert find_phi("table", forbidden) is None
+    assert find_phi(12345, forbidden) is None
+    # The values belong to the data a run was fed, not to the process: another check is unaffected.
+    assert find_phi("id-pat12345") is None
 
 
 def test_error_message_names_the_field_but_not_the_value() -> None:
-    register_forbidden(["Jane Q Public"])
     with pytest.raises(PHIError) as info:
-        phi_guard("Jane Q Public", "run name")
+        phi_guard("Jane Q Public", "run name", forbidden_values(["Jane Q Public"]))
     assert "run name" in str(info.value)
     assert "Jane Q Public" not in str(info.value)
 
 
 def test_scrub_tree_redacts_only_failing_strings() -> None:
-    tree = {"data": {"root": "/data/x", "size": 518, "paths": ["/a/b", "rel/c"]}, "when": "2021-01-02"}
-    scrubbed, count = scrub_tree(tree)
+    tree = {
+        "data": {"root": "/data/x", "size": 518, "paths": ["/a/b", "rel/c", "brain=scans", "meta.json"]},
+        "checkpoint": "runs/train/epoch_15.safetensors",
+        "method": "anomalyclip",
+        "site": "Royal Infirmary",
+        "when": "2021-01-02",
+    }
+    scrubbed, count = scrub_tree(tree, forbidden_values(["royal infirmary"]))
     assert scrubbed == {
-        "data": {"root": "<redacted>", "size": 518, "paths": ["<redacted>", "rel/c"]},
+        "data": {"root": "<redacted>", "size": 518, "paths": ["<redacted>"] * 4},
+        "checkpoint": "<redacted>",
+        "method": "anomalyclip",
+        "site": "<redacted>",
         "when": "<redacted>",
     }
-    assert count == 3
+    assert count == 8
