@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
-from medzsad.backbone.clip import BackboneConfig, ClipBackbone
+from medzsad.backbone.clip import ClipBackbone
+from medzsad.backbone.config import BackboneConfig
 from medzsad.deploy.errors import DeployError
 from medzsad.engine.checkpoints import load_checkpoint, read_checkpoint_info
 from medzsad.methods.base import ZsadMethod
 
 
-def backbone_config(identity: dict[str, str], image_size: int, weights_path: str | None, source: str) -> BackboneConfig:
+def backbone_config(identity: dict[str, str], weights_path: str | None, source: str) -> BackboneConfig:
     """The :class:`BackboneConfig` of a checkpoint's backbone identity.
 
     ``weights_id`` is ``"random:<seed>"`` (tiny test configs), ``"file:<sha256 prefix>"`` (a local file,
@@ -19,14 +20,12 @@ def backbone_config(identity: dict[str, str], image_size: int, weights_path: str
     weights = identity.get("backbone_weights", "")
     name = identity.get("backbone", "")
     if weights_path:
-        return BackboneConfig(model_name=name, pretrained=None, weights_path=weights_path, image_size=image_size)
+        return BackboneConfig(model_name=name, pretrained=None, weights_path=weights_path)
     if weights.startswith("random:"):
-        return BackboneConfig(
-            model_name=name, pretrained=None, seed=int(weights.split(":", 1)[1]), image_size=image_size
-        )
+        return BackboneConfig(model_name=name, pretrained=None, seed=int(weights.split(":", 1)[1]))
     if weights.startswith("file:"):
         raise DeployError(f"{source}: trained on a local weight file ({weights}); pass weights_path= to that file")
-    return BackboneConfig(model_name=name, pretrained=weights or None, image_size=image_size)
+    return BackboneConfig(model_name=name, pretrained=weights or None)
 
 
 def load_method(path: str | os.PathLike[str], weights_path: str | None = None) -> ZsadMethod:
@@ -37,6 +36,6 @@ def load_method(path: str | os.PathLike[str], weights_path: str | None = None) -
         DeployError: the backbone's weight file is needed but not given.
     """
     info = read_checkpoint_info(path)
-    config = backbone_config(info.backbone, info.image_size, weights_path, str(path))
+    config = backbone_config(info.backbone, weights_path, str(path))
     backbone = ClipBackbone.from_config(config)
     return load_checkpoint(path, backbone).eval()

@@ -225,7 +225,16 @@ class RunConfig:
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain YAML/JSON values: paths as strings, tuples as lists (``tracking`` holds both)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return str(value) if isinstance(value, Path) else value
 
 
 # -- reading and validating ------------------------------------------------------------------------

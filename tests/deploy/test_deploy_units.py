@@ -50,13 +50,13 @@ def test_missing_onnx_file(tmp_path):
 
 
 def test_backbone_from_checkpoint_identity():
-    random = backbone_config({"backbone": "medzsad-tiny", "backbone_weights": "random:3"}, 224, None, "c.json")
+    random = backbone_config({"backbone": "medzsad-tiny", "backbone_weights": "random:3"}, None, "c.json")
     assert random.pretrained is None and random.seed == 3 and random.model_name == "medzsad-tiny"
-    tagged = backbone_config({"backbone": "ViT-L-14-336", "backbone_weights": "openai"}, 518, None, "c.json")
+    tagged = backbone_config({"backbone": "ViT-L-14-336", "backbone_weights": "openai"}, None, "c.json")
     assert tagged.pretrained == "openai"
     with pytest.raises(DeployError, match=r"c\.json: trained on a local weight file.*weights_path"):
-        backbone_config({"backbone": "ViT-L-14-336", "backbone_weights": "file:abc"}, 518, None, "c.json")
-    local = backbone_config({"backbone": "ViT-L-14-336", "backbone_weights": "file:abc"}, 518, "/w.pt", "c.json")
+        backbone_config({"backbone": "ViT-L-14-336", "backbone_weights": "file:abc"}, None, "c.json")
+    local = backbone_config({"backbone": "ViT-L-14-336", "backbone_weights": "file:abc"}, "/w.pt", "c.json")
     assert local.weights_path == "/w.pt"
 
 
