@@ -151,7 +151,7 @@ def _read_header(path: Path, skipped: list[Skipped]) -> Any | None:
         return None
     if dicom.is_dicomdir(ds):
         return None  # an index, its files are walked on their own
-    reason = dicom.skip_reason(ds)
+    reason = dicom.skip_reason(ds, path)
     if reason is not None:
         skipped.append(Skipped(path, reason))
         return None

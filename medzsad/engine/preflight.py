@@ -56,8 +56,9 @@ def check_ranges(config: RunConfig) -> None:
     steps = config.train.max_steps_per_epoch
     _require(steps is None or steps >= 1, "train.max_steps_per_epoch", "a number >= 1 or null", steps)
     window = config.data.ct_window
-    _require(len(window) == 2, "data.ct_window", "two values [level, width] in HU, e.g. [40, 80]", window)
-    _require(window[1] > 0, "data.ct_window", "a width > 0 as second value", window)
+    if isinstance(window, list):  # None (preset by body part) and preset names are checked by the data layer
+        _require(len(window) == 2, "data.ct_window", "two values [level, width] in HU, e.g. [40, 80]", window)
+        _require(window[1] > 0, "data.ct_window", "a width > 0 as second value", window)
     low_high = config.data.mri_percentiles
     _require(len(low_high) == 2, "data.mri_percentiles", "two values [low, high], e.g. [0.5, 99.5]", low_high)
     _require(0 <= low_high[0] < low_high[1] <= 100, "data.mri_percentiles", "0 <= low < high <= 100", low_high)
