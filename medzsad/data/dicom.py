@@ -382,7 +382,7 @@ _MODALITY_SKIPS = {
 _SOFTWARE_CAPTURE_MODALITIES = {"", "OT", "SC"}
 
 
-def skip_reason(ds: Any) -> str | None:
+def skip_reason(ds: Any, path: Path | None = None) -> str | None:
     """Why a DICOM object (header only is enough) is not scored, or ``None`` when it is an image to score.
 
     Skipped: objects without an image matrix, SEG/RT/SR/KO/PR/documents, localizers (scouts,
@@ -397,7 +397,8 @@ def skip_reason(ds: Any) -> str | None:
     if modality in _MODALITY_SKIPS:
         return _MODALITY_SKIPS[modality]
     if "Rows" not in ds or "Columns" not in ds:
-        return "no image matrix (no Rows/Columns)"
+        # An empty or random file parses (force=True) as a header without a matrix: say which it is.
+        return _no_pixels_reason(ds, path) if path is not None else "no image matrix (no Rows/Columns)"
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "LOCALIZER" in image_type[2:] or "SCOUT" in image_type[2:]:
         return "a localizer (scout) image"

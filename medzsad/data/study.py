@@ -150,8 +150,10 @@ def _read_header(path: Path, skipped: list[Skipped]) -> Any | None:
         skipped.append(Skipped(path, exc.problem))
         return None
     if dicom.is_dicomdir(ds):
+        if not dicom.dicomdir_files(path):  # an index of files that are not here: say so, once
+            skipped.append(Skipped(path, "a DICOMDIR (the index of a DICOM disc) whose listed files are not here"))
         return None  # an index, its files are walked on their own
-    reason = dicom.skip_reason(ds)
+    reason = dicom.skip_reason(ds, path)
     if reason is not None:
         skipped.append(Skipped(path, reason))
         return None

@@ -396,7 +396,9 @@ def volume_header(path: str | Path, *, native: bool = False) -> Any:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(path, f"cannot read volume header ({type(exc).__name__}: {first_line(exc)})") from None
+        problem = itk_problem(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {first_line(exc)}"
+        kind = "NIfTI" if fmt == "nifti" else "volume"
+        raise DataError(path, f"cannot read {kind} header ({problem})") from None
     transform = _ornt_transform(io_orientation(affine), axcodes2ornt(_CANONICAL_CODES))
     xyz = [0, 0, 0]
     for src, (dst, _flip) in enumerate(transform):

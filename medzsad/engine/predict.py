@@ -364,6 +364,8 @@ def predict_paths(
     if distributed.is_main():
         for skipped in dataset.skipped:
             report(f"skipped: {skipped}")
+            # listed in skipped.csv by pseudonymous id; not a failure (localizers, unselected series...)
+            predictor.skipped.append((pseudonymous_id(str(skipped.path.resolve())), pathless(skipped.reason)))
     items = dataset.study.items
     if not items:
         raise DataError(Path(*[str(i) for i in inputs][:1] or ["."]), "no images or scans found")

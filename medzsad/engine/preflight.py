@@ -55,8 +55,8 @@ def check_ranges(config: RunConfig) -> None:
     _require(config.train.lr > 0, "train.lr", "a learning rate > 0", config.train.lr)
     steps = config.train.max_steps_per_epoch
     _require(steps is None or steps >= 1, "train.max_steps_per_epoch", "a number >= 1 or null", steps)
-    window = config.data.ct_window  # null: preset by body part; a name: a preset (checked by the data layer)
-    if isinstance(window, list):
+    window = config.data.ct_window
+    if isinstance(window, list):  # None (preset by body part) and preset names are checked by the data layer
         _require(len(window) == 2, "data.ct_window", "two values [level, width] in HU, e.g. [40, 80]", window)
         _require(window[1] > 0, "data.ct_window", "a width > 0 as second value", window)
     low_high = config.data.mri_percentiles

@@ -13,6 +13,7 @@ import pytest
 from fault_helpers import TINY, fingerprint, one_error_line, write_pngs
 from PIL import Image
 
+from medzsad.data.datasets import FolderDataset
 from medzsad.engine import predict as predict_module
 
 
@@ -81,14 +82,14 @@ def test_ctrl_c_in_predict_keeps_every_finished_map_with_its_score(tmp_path, cli
 
 def test_a_decoder_out_of_memory_skips_that_input_only(tmp_path, cli, monkeypatch):
     write_pngs(tmp_path / "in", 3)
-    original = predict_module.samples_from_file
+    original = FolderDataset.item_samples
 
-    def memory_hungry(path, transform):
-        if path.name == "001.png":
+    def memory_hungry(self, item):
+        if item.source.name == "001.png":
             raise MemoryError
-        return original(path, transform)
+        return original(self, item)
 
-    monkeypatch.setattr(predict_module, "samples_from_file", memory_hungry)
+    monkeypatch.setattr(FolderDataset, "item_samples", memory_hungry)
     code, out, _ = cli("predict", "-i", tmp_path / "in", "-o", tmp_path / "out", *TINY)
     assert code == 1 and "001.png: not enough memory" in out
     assert len(_rows(tmp_path / "out" / "scores.csv")) == 2
