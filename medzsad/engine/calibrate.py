@@ -63,11 +63,12 @@ def model_digest(method: ZsadMethod) -> str:
 
 
 def preprocessing(data: DataConfig) -> dict[str, Any]:
-    """The data settings that change scores without changing the model (CT window, MRI percentiles,
-    padding, slicing axis): a calibration holds for the settings it was made with."""
+    """The data settings that change scores without changing the model (CT window: ``[level, width]``, a
+    preset name or null for the preset by body part; MRI percentiles, padding, slicing axis): a
+    calibration holds for the settings it was made with."""
     return {
         "pad_to_square": data.pad_to_square,
-        "ct_window": [float(v) for v in data.ct_window],
+        "ct_window": [float(v) for v in data.ct_window] if isinstance(data.ct_window, list) else data.ct_window,
         "mri_percentiles": [float(v) for v in data.mri_percentiles],
         "slice_axis": data.slice_axis,
     }

@@ -471,6 +471,7 @@ def run_calibrate(config: RunConfig) -> decisions.Calibration:
     ``calibrate.output`` and logged to MLflow; the file is refused later by any other model."""
     if not config.calibrate.reference:
         raise ConfigError("calibrate.reference: give the reference scans, e.g. calibrate.reference=normals/meta.json")
+    check_device(config.device)
     device = distributed.setup(config.device)
     if distributed.world_size() > 1:
         raise ConfigError("calibrate: run it in one process (the reference maps' statistics are not merged)")
@@ -483,7 +484,8 @@ def run_calibrate(config: RunConfig) -> decisions.Calibration:
     calibration, notes = decisions.build_calibration(method, result.samples, reference, config)
     path = decisions.write_calibration(calibration, config.calibrate.output)
     print(decisions.format_calibration(calibration, path, notes))
-    with _maybe_tracked(config, Purpose.CALIBRATION, method, "reference", _aux_data(config)) as run:
+    forbidden = _identifiers(config, dataset)
+    with _maybe_tracked(config, Purpose.CALIBRATION, method, "reference", _aux_data(config), forbidden) as run:
         if run is not None:
             decisions.log_calibration(run, calibration)
     return calibration
