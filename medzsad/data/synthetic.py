@@ -32,8 +32,8 @@ __all__ = [
 
 #: Fake, clearly synthetic identifiers written into every synthetic DICOM header.
 FAKE_IDENTIFIERS: dict[str, str] = {
-    "PatientName": "SYNTHETIC^PHANTOM^MEDZSAD",
-    "PatientID": "SYNTH-PHANTOM-0001",
+    "PatientName": "SYNTHETIC^TESTSUBJECT",  # no part of it may name a demo dataset (the PHI guard refuses that)
+    "PatientID": "SYNTH-SUBJECT-0001",
     "PatientBirthDate": "19000101",
     "PatientSex": "O",
     "AccessionNumber": "SYNTHACC0001",
