@@ -38,7 +38,8 @@ from medzsad.data.transforms import ClipImageTransform, map_to_original
 # _canonical: the data layer's own array + affine -> canonical Volume step, reused for in-memory volumes.
 from medzsad.data.volumes import Volume, _canonical, read_volume, reassemble, volume_samples
 from medzsad.deploy.errors import DeployError
-from medzsad.engine.predict import PredictSummary, _is_volume, predict_paths
+from medzsad.data.study import scan_inputs
+from medzsad.engine.predict import PredictSummary, predict_paths
 
 ScoreFn = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
 
@@ -294,3 +295,10 @@ def _like(image: Any, array: np.ndarray, add_channel: bool) -> Any:
     if add_channel:
         data = data.unsqueeze(0)
     return MetaTensor(data, meta=dict(image.meta))  # the meta carries the input's affine
+
+
+def _is_volume(path: Path) -> bool:
+    """Whether ``path`` is one volume (a series folder, a NIfTI/NRRD file, a grey multi-frame DICOM), as the
+    study grouper of ``predict`` and ``test`` decides it."""
+    items = scan_inputs([path]).items
+    return len(items) == 1 and items[0].is_volume

@@ -57,7 +57,8 @@ def reference_units(dataset: Dataset) -> list[tuple[Hashable, list[int]]]:
                 units.setdefault(key, []).append(index)
     elif isinstance(dataset, FolderDataset):
         for index, entry in enumerate(dataset.entries):
-            key = entry.source if entry.kind == "slice" else (entry.source, entry.index)
+            volume = dataset.study.items[entry.item].is_volume  # a volume's slices are one reference
+            key = entry.item if volume else (entry.item, entry.index)
             units.setdefault(key, []).append(index)
     else:
         units = {index: [index] for index in range(len(dataset))}  # type: ignore[arg-type]

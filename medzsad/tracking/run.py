@@ -329,7 +329,7 @@ class TrackedRun:
     def log_memory_bank(self, bank_path: str | Path, tags: Mapping[str, str]) -> None:
         """Log a few-shot memory bank as ``fewshot/bank.safetensors`` and describe it in ``tags``; its
         header metadata (method, digest, pseudonymous reference ids...) is checked by the PHI guard."""
-        _guard_json(_safetensors_metadata(Path(bank_path)), "memory bank metadata")
+        _guard_json(_safetensors_metadata(Path(bank_path)), "memory bank metadata", self.forbidden)
         shutil.copyfile(bank_path, self.spool.stage("fewshot/bank.safetensors"))
         self._log_file("fewshot/bank.safetensors")
         self.set_tags(tags)

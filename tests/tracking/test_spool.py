@@ -84,7 +84,7 @@ def test_dead_server_spools_once_then_uploads(
     assert uploaded.info.status == "FINISHED"
     assert uploaded.data.tags["method"] == "anomalyclip" and uploaded.data.tags["uploaded_from_spool"] == "true"
     assert uploaded.data.metrics["brain/image_auroc"] == pytest.approx(0.9)
-    assert uploaded.data.params["data.image_size"] == "518"
+    assert uploaded.data.params["method_config.prompt_length"] == "12"
     artifacts = all_artifacts(client, run_ids[0])
     assert "config/resolved.yaml" in artifacts and "curves/image_roc.png" in artifacts
     assert sum(a.startswith("overlays/brainmri/") for a in artifacts) == 6
