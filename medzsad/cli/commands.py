@@ -177,13 +177,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
             else ""
         )
         raise UserError(f"ui: {first}{detail}") from None
-    print(f"MLflow UI on {server.url} (loopback only); Ctrl-C to stop", flush=True)
-    for name, url in server.runs_urls(Path(args.store)).items():
-        print(f"  {name}: {url}")
-    print(f"  all experiments: {server.experiments_url()}", flush=True)
-    # SIGTERM (kill, systemd, a test) stops the server the same way as Ctrl-C.
+    # SIGTERM (kill, systemd, a test) stops the server the same way as Ctrl-C, from the first line on.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        print(f"MLflow UI on {server.url} (loopback only); Ctrl-C to stop", flush=True)
+        for name, url in server.runs_urls(Path(args.store)).items():
+            print(f"  {name}: {url}")
+        print(f"  all experiments: {server.experiments_url()}", flush=True)
         server.wait()
     except KeyboardInterrupt:
         pass

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from medzsad.data.readers import read_frames
+from medzsad.data.study import scan_inputs
 from medzsad.data.transforms import ClipImageTransform, map_to_original
 
 # _canonical: the data layer's own array + affine -> canonical Volume step, reused for in-memory volumes.
 from medzsad.data.volumes import Volume, _canonical, read_volume, reassemble, volume_samples
 from medzsad.deploy.errors import DeployError
-from medzsad.data.study import scan_inputs
 from medzsad.engine.predict import PredictSummary, predict_paths
 
 ScoreFn = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
