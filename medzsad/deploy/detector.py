@@ -16,8 +16,13 @@ Inputs:
   optionally after one leading channel), with its ``affine``; the map and mask come back as
   ``MetaTensor`` with the input's metadata.
 
-Decisions: ``score >= image_threshold``; mask: ``map >= pixel_threshold``. The thresholds default to
-0.5 (the review panel's and ``eval.dice_threshold``'s defaults) or come from the exported file.
+Decisions: ``score >= threshold``; mask: ``map >= pixel threshold``. Without a calibration the thresholds
+are a fixed, uncalibrated 0.5 (the review panel's and ``eval.dice_threshold``'s defaults). With one
+(``calibration=`` a file of ``medzsad calibrate``, or the one an exported file carries) they are the
+calibrated ones, exactly as ``medzsad predict calibration=...`` applies them: images against the image
+threshold; a volume's score reduced from its slice scores as the calibration says and decided against
+its volume threshold (no decision when the calibration has none: a slice threshold says nothing about a
+whole scan's false-alarm rate); no mask when it has no pixel threshold.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from medzsad.data.transforms import ClipImageTransform, map_to_original
 # _canonical: the data layer's own array + affine -> canonical Volume step, reused for in-memory volumes.
 from medzsad.data.volumes import Volume, _canonical, read_volume, reassemble, volume_samples
 from medzsad.deploy.errors import DeployError
+from medzsad.engine.calibrate import Calibration, Threshold, check_calibration, preprocessing, read_calibration
 from medzsad.engine.predict import PredictSummary, predict_paths
+from medzsad.metrics.volumes import reduce_slice_scores
 
 ScoreFn = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
 
@@ -59,9 +66,58 @@ class Detection:
 
     score: float
     map: Any
-    decision: bool
+    decision: bool | None
     mask: Any
     slice_scores: np.ndarray | None = field(default=None, repr=False)
+    probability: float | None = None
+    origin: str = ""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The decision rules a :class:`Detector` applies (one value object, from a calibration or fixed).
+
+    Attributes:
+        image: image (and, uncalibrated, volume) score threshold.
+        pixel: map threshold for masks; ``None``: no masks.
+        volume: volume score threshold; ``None`` with a calibration: no volume decision.
+        volume_score: ``"max"`` or ``"topk_mean"`` of the slice scores, with ``top_k``.
+        calibration: the calibration they come from (probabilities, origin), or ``None`` (fixed 0.5).
+    """
+
+    image: float = 0.5
+    pixel: float | None = 0.5
+    volume: float | None = 0.5
+    volume_score: str = "max"
+    top_k: int = 3
+    calibration: Calibration | None = None
+
+    @classmethod
+    def of(cls, calibration: Calibration) -> Thresholds:
+        spec = calibration.volume_score or {}
+        return cls(
+            image=calibration.image.value,
+            pixel=_value(calibration.pixel),
+            volume=_value(calibration.volume),
+            volume_score=str(spec.get("score", "max")),
+            top_k=int(spec.get("top_k", 3)),
+            calibration=calibration,
+        )
+
+    def origin(self, threshold: Threshold | None) -> str:
+        """``"conformal, alpha=0.05, n=200"``, ``"no volume threshold in the calibration"`` or ``"fixed
+        (uncalibrated)"``: what a reader of a decision needs beside it."""
+        if self.calibration is None:
+            return "fixed (uncalibrated)"
+        return threshold.origin() if threshold is not None else "no volume threshold in the calibration"
+
+    def probability(self, score: float) -> float | None:
+        model = self.calibration.probability if self.calibration else None
+        return float(model([score])[0]) if model is not None else None
+
+
+def _value(threshold: Threshold | None) -> float | None:
+    return None if threshold is None else float(threshold.value)
 
 
 class Detector:
@@ -71,23 +127,33 @@ class Detector:
         score_fn: ``images [B, 3, S, S] -> (scores [B], maps [B, S, S])`` (numpy), e.g. a PyTorch
             :class:`~medzsad.deploy.graph.InferenceGraph` or an :class:`~medzsad.deploy.onnx_runtime.OnnxModel`.
         transform: the preprocessing the model was trained/exported with.
-        image_threshold, pixel_threshold: decision thresholds on scores and maps.
+        thresholds: decision rules (:class:`Thresholds`); default the fixed, uncalibrated 0.5.
         batch_size: slices per forward pass for volumes.
+        slice_axis: how volumes are cut, as ``data.slice_axis`` (``native``: as acquired, the default of
+            ``medzsad predict``; ``axial``, ``coronal``, ``sagittal``, 0/1/2).
     """
 
     def __init__(
         self,
         score_fn: ScoreFn,
         transform: ClipImageTransform,
-        image_threshold: float = 0.5,
-        pixel_threshold: float = 0.5,
+        thresholds: Thresholds | None = None,
         batch_size: int = 8,
+        slice_axis: str | int = "native",
     ) -> None:
         self.score_fn = score_fn
         self.transform = transform
-        self.image_threshold = float(image_threshold)
-        self.pixel_threshold = float(pixel_threshold)
+        self.thresholds = thresholds or Thresholds()
         self.batch_size = int(batch_size)
+        self.slice_axis = slice_axis
+
+    @property
+    def image_threshold(self) -> float:
+        return self.thresholds.image
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        return self.thresholds.pixel
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -97,23 +163,36 @@ class Detector:
         calibration: str | os.PathLike[str] | None = None,
         reference: str | os.PathLike[str] | None = None,
         *,
+        fewshot: Any = None,
         weights_path: str | None = None,
         transform: ClipImageTransform | None = None,
-        image_threshold: float = 0.5,
-        pixel_threshold: float = 0.5,
         batch_size: int = 8,
+        slice_axis: str | int = "native",
     ) -> Detector:
         """A PyTorch (CPU, fp32) detector from a medzsad checkpoint (``.safetensors`` + ``.json``).
 
         The backbone is rebuilt from what the checkpoint records (open_clip tag or random tiny config);
         a checkpoint trained on a local weight file needs that file as ``weights_path``.
+        ``reference`` (few-shot, docs/fewshot.md): a saved memory bank ``.safetensors``, a folder of a
+        site's normal images or scans, or a manifest; ``fewshot`` a :class:`FewShotConfig` or its dict.
+        ``calibration``: a file of ``medzsad calibrate`` made for this checkpoint (and these references),
+        refused in one line otherwise.
         """
         from medzsad.deploy.model import load_method
 
-        _refuse_unavailable(calibration, reference)
         method = load_method(path, weights_path)
         transform = transform or ClipImageTransform(method.image_size)
-        return cls(torch_score_fn(method), transform, image_threshold, pixel_threshold, batch_size)
+        if reference is not None:
+            method = _with_reference(method, reference, fewshot, transform, slice_axis)
+        thresholds = None
+        if calibration is not None:
+            loaded = read_calibration(calibration)
+            from medzsad.engine.jobs import data_section
+
+            settings = preprocessing(data_section(transform, slice_axis))
+            check_calibration(loaded, method, calibration, settings)
+            thresholds = Thresholds.of(loaded)
+        return cls(torch_score_fn(method), transform, thresholds, batch_size, slice_axis)
 
     @classmethod
     def from_onnx(
@@ -125,16 +204,25 @@ class Detector:
         batch_size: int = 8,
         threads: int | None = None,
     ) -> Detector:
-        """An onnxruntime (CPU) detector from a file of ``medzsad export``; preprocessing and
-        thresholds come from the file's metadata."""
-        from medzsad.deploy.export import transform_from_metadata
+        """An onnxruntime (CPU) detector from a file of ``medzsad export``; preprocessing, slicing axis
+        and calibration come from the file's metadata; ``calibration`` replaces the file's own (checked
+        against the model digest the file records)."""
+        from medzsad.deploy.export import calibration_from_metadata, check_onnx_calibration, transform_from_metadata
         from medzsad.deploy.onnx_runtime import OnnxModel
 
-        _refuse_unavailable(calibration, reference)
+        if reference is not None:
+            raise DeployError(
+                "reference: an exported file is zero-shot; export with reference= to fold a memory bank into it, "
+                "or use Detector.from_checkpoint(..., reference=...)"
+            )
         model = OnnxModel(path, threads)
-        thresholds = model.metadata.thresholds
         transform = transform_from_metadata(model.metadata)
-        return cls(model, transform, thresholds["image"], thresholds["pixel"], batch_size)
+        axis = model.metadata.preprocessing.get("slice_axis", "native")
+        loaded = calibration_from_metadata(model.metadata)
+        if calibration is not None:
+            loaded = read_calibration(calibration)
+            check_onnx_calibration(loaded, model.metadata, calibration)
+        return cls(model, transform, Thresholds.of(loaded) if loaded else None, batch_size, axis)
 
     # -- scoring -----------------------------------------------------------------------------------
     def __call__(self, image: Any, *, volume: bool | None = None) -> Detection:
@@ -149,10 +237,20 @@ class Detector:
         return self._image(array)
 
     def write_predictions(
-        self, inputs: Iterable[str | os.PathLike[str]], output_dir: str | os.PathLike[str], report=print
+        self,
+        inputs: Iterable[str | os.PathLike[str]],
+        output_dir: str | os.PathLike[str],
+        report=print,
+        stop_on_error: bool = False,
+        rescaled: bool = False,
     ) -> PredictSummary:
         """``medzsad predict`` with this detector's model and preprocessing: maps, overlays, volumes and
-        ``scores.csv`` for every input (files, folders, DICOM series), unreadable inputs skipped."""
+        ``scores.csv`` for every input (files, folders, DICOM series), unreadable inputs skipped; with a
+        calibration also ``decisions.csv`` and masks (and ``rescaled/`` with ``rescaled``)."""
+        from medzsad.engine.calibrate import DecisionWriter
+
+        calibration = self.thresholds.calibration
+        decisions = DecisionWriter(calibration, Path(output_dir), rescaled) if calibration else None
         return predict_paths(
             None,
             inputs,
@@ -161,7 +259,10 @@ class Detector:
             self.transform,
             self.batch_size,
             report=report,
+            stop_on_error=stop_on_error,
             score_fn=self.score_images,
+            options={"axis": self.slice_axis},
+            decisions=decisions,
         )
 
     def score_images(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -175,11 +276,13 @@ class Detector:
         tensor = self.transform(array, modality=modality)
         scores, maps = self.score_images(tensor.unsqueeze(0))
         full = map_to_original(maps[0], array.shape[:2], pad_to_square=self.transform.pad_to_square)
-        return self._decide(float(scores[0]), full)
+        calibration = self.thresholds.calibration
+        return self._decide(float(scores[0]), full, self.image_threshold, calibration.image if calibration else None)
 
     def _volume(self, volume: Volume) -> Detection:
-        """Slice by slice along the axial axis as ``medzsad predict`` does, maps reassembled on the grid."""
-        samples = volume_samples(volume, transform=self.transform)
+        """Slice by slice along ``slice_axis`` as ``medzsad predict`` does, maps reassembled on the grid."""
+        axis = volume.resolve_axis(self.slice_axis)
+        samples = volume_samples(volume, axis=axis, transform=self.transform)
         scores: list[float] = []
         maps: list[np.ndarray] = []
         indices: list[int] = []
@@ -189,8 +292,11 @@ class Detector:
             for sample, amap in zip(chunk, batch_maps):
                 maps.append(map_to_original(amap, sample.original_size, pad_to_square=self.transform.pad_to_square))
                 indices.append(int(sample.slice_index or 0))
-        grid = reassemble(maps, volume, "axial", indices)
-        result = self._decide(max(scores), volume.to_source_layout(grid))
+        grid = volume.to_source_layout(reassemble(maps, volume, axis, indices))
+        rules = self.thresholds
+        score = reduce_slice_scores(scores, rules.volume_score, rules.top_k)
+        threshold = rules.volume if rules.calibration else rules.image
+        result = self._decide(score, grid, threshold, rules.calibration.volume if rules.calibration else None)
         result.slice_scores = np.asarray(scores, dtype=np.float32)
         return result
 
@@ -213,15 +319,26 @@ class Detector:
         else:
             # MONAI keeps 2-D images as [x, y] (colour last here): image rows are its second axis.
             result = self._image(np.ascontiguousarray(np.swapaxes(spatial, 0, 1)))
-            result.map, result.mask = result.map.T, result.mask.T
+            result.map = result.map.T
+            result.mask = None if result.mask is None else result.mask.T
         keep_channel = channel_first is True and array.shape[0] == 1
         result.map = _like(image, result.map, keep_channel)
-        result.mask = _like(image, result.mask, keep_channel)
+        result.mask = None if result.mask is None else _like(image, result.mask, keep_channel)
         return result
 
-    def _decide(self, score: float, full_map: np.ndarray) -> Detection:
+    def _decide(
+        self, score: float, full_map: np.ndarray, threshold: float | None, source: Threshold | None
+    ) -> Detection:
         full_map = np.asarray(full_map, dtype=np.float32)
-        return Detection(score, full_map, score >= self.image_threshold, full_map >= self.pixel_threshold)
+        pixel = self.pixel_threshold
+        return Detection(
+            score,
+            full_map,
+            None if threshold is None else bool(score >= threshold),
+            None if pixel is None else full_map >= pixel,
+            probability=self.thresholds.probability(score),
+            origin=self.thresholds.origin(source),
+        )
 
 
 def torch_score_fn(method) -> ScoreFn:
@@ -238,16 +355,28 @@ def torch_score_fn(method) -> ScoreFn:
     return score
 
 
-def _refuse_unavailable(calibration: Any, reference: Any) -> None:
-    if calibration is not None:
-        raise DeployError(
-            "calibration: calibration files (medzsad/metrics/calibration.py) are not part of this medzsad "
-            "version; give image_threshold=/pixel_threshold= instead"
-        )
-    if reference is not None:
-        raise DeployError(
-            "reference: few-shot reference memory banks are not part of this medzsad version; the detector is zero-shot"
-        )
+def _with_reference(method, reference: Any, fewshot: Any, transform: ClipImageTransform, slice_axis: str | int):
+    """``method`` with the memory bank of ``reference``, built and saved (or reused) exactly as
+    ``medzsad predict reference=...`` does, with this detector's preprocessing."""
+    from medzsad.engine.config import ConfigError, RunConfig
+    from medzsad.engine.jobs import data_section, open_dataset
+    from medzsad.engine.references import with_references
+    from medzsad.methods.fewshot_config import FewShotConfig
+
+    try:
+        config_fewshot = fewshot if isinstance(fewshot, FewShotConfig) else FewShotConfig(**dict(fewshot or {}))
+    except (TypeError, ValueError) as exc:
+        raise DeployError(f"fewshot: {exc}") from None
+    data = data_section(transform, slice_axis, split=config_fewshot.split)
+    config = RunConfig(method=method.name, data=data, reference=str(reference), fewshot=config_fewshot)
+
+    def open_references():
+        return open_dataset(str(reference), config, method.image_size)
+
+    try:
+        return with_references(method, config, torch.device("cpu"), open_references, report=lambda _: None)
+    except ConfigError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def _is_meta_tensor(value: Any) -> bool:

@@ -26,6 +26,7 @@ from medzsad.data.transforms import ClipImageTransform, Intensity
 from medzsad.deploy.errors import DeployError
 from medzsad.deploy.graph import InferenceGraph, deployment_noise, frozen_text
 from medzsad.deploy.onnx_runtime import INPUT_NAME, OUTPUT_NAMES, ExportMetadata, OnnxModel
+from medzsad.engine.calibrate import Calibration, check_made_for, model_digest, preprocessing
 from medzsad.methods.base import ZsadMethod
 
 #: ONNX opset of the exported graphs (the native opset of torch's ONNX translator).
@@ -51,14 +52,15 @@ class ExportResult:
     check_batch: int
 
 
-def describe_transform(transform: ClipImageTransform) -> dict[str, Any]:
-    """The preprocessing a deployed model needs, as JSON-ready values."""
+def describe_transform(transform: ClipImageTransform, slice_axis: str | int = "native") -> dict[str, Any]:
+    """The preprocessing a deployed model needs, as JSON-ready values (with how volumes are sliced)."""
     intensity = dataclasses.asdict(transform.intensity)
     return {
         "pad_to_square": bool(transform.pad_to_square),
         "intensity": {k: list(v) if isinstance(v, tuple) else v for k, v in intensity.items()},
         "mean": [float(v) for v in transform.mean],
         "std": [float(v) for v in transform.std],
+        "slice_axis": slice_axis,
     }
 
 
@@ -75,35 +77,74 @@ def transform_from_metadata(metadata: ExportMetadata) -> ClipImageTransform:
     )
 
 
+def export_thresholds(calibration: Calibration | None) -> dict[str, Any]:
+    """The ``thresholds`` metadata: the calibration's image, pixel and volume thresholds and their origin,
+    or the fixed 0.5 ``"default (uncalibrated)"``."""
+    if calibration is None:
+        return {"image": 0.5, "pixel": 0.5, "source": "default (uncalibrated)"}
+    levels = {"image": calibration.image, "pixel": calibration.pixel, "volume": calibration.volume}
+    values = {level: None if rule is None else rule.value for level, rule in levels.items()}
+    return {**values, "source": f"calibrated ({calibration.image.origin()})"}
+
+
 def export_metadata(
-    method: ZsadMethod, transform: ClipImageTransform, thresholds: dict[str, Any] | None = None
+    method: ZsadMethod,
+    transform: ClipImageTransform,
+    calibration: Calibration | None = None,
+    slice_axis: str | int = "native",
 ) -> ExportMetadata:
-    """The description written into an exported file."""
+    """The description written into an exported file. The calibration goes in whole (it holds no paths
+    and no ids) with the model digest it was checked against, so a deployed file decides as
+    ``medzsad predict calibration=...`` does."""
     extra = {
         "method_config": json.dumps(method.config.to_dict(), sort_keys=True),
         "backbone": json.dumps(method.backbone.identity(), sort_keys=True),
+        "model_digest": model_digest(method),
         "opset": str(OPSET),
     }
+    if calibration is not None:
+        extra["calibration"] = json.dumps(calibration.to_json(), sort_keys=True)
     if deployment_noise(method) is not None:
         extra["test_draws"] = "seeded: every image gets the draws of predict's first input, run seed 0"
+    bank = getattr(method, "bank", None)
+    if bank is not None:
+        extra["fewshot"] = json.dumps({k: bank.meta.get(k, "") for k in ("k", "layers", "stream", "patches")})
     return ExportMetadata(
         method=method.name,
         image_size=method.image_size,
-        preprocessing=describe_transform(transform),
-        thresholds=dict(thresholds or {"image": 0.5, "pixel": 0.5, "source": "default (uncalibrated)"}),
+        preprocessing=describe_transform(transform, slice_axis),
+        thresholds=export_thresholds(calibration),
         medzsad_version=medzsad.__version__,
         extra=extra,
     )
+
+
+def calibration_from_metadata(metadata: ExportMetadata) -> Calibration | None:
+    """The calibration an exported file carries, or ``None``."""
+    text = metadata.extra.get("calibration")
+    return None if not text else Calibration.from_json(json.loads(text))
+
+
+def check_onnx_calibration(calibration: Calibration, metadata: ExportMetadata, source: Any) -> None:
+    """Refuse a calibration made for another model than the exported one (method and model digest, which
+    the file records), or with other data settings than the file's preprocessing."""
+    from medzsad.engine.jobs import data_section
+
+    axis = metadata.preprocessing.get("slice_axis", "native")
+    settings = preprocessing(data_section(transform_from_metadata(metadata), axis))
+    check_made_for(calibration, metadata.method, metadata.extra.get("model_digest", ""), source, settings)
 
 
 def export_onnx(
     method: ZsadMethod,
     path: str | os.PathLike[str],
     transform: ClipImageTransform | None = None,
-    thresholds: dict[str, Any] | None = None,
+    calibration: Calibration | None = None,
     check: bool = True,
+    slice_axis: str | int = "native",
 ) -> ExportResult:
-    """Export ``method``'s inference graph (fp32, CPU) to ``path`` with its metadata.
+    """Export ``method``'s inference graph (fp32, CPU) to ``path`` with its metadata; ``calibration``
+    (checked against ``method`` by the caller) goes into the metadata.
 
     Raises:
         DeployError: the graph cannot be traced (what failed and what would be needed), or the file
@@ -118,7 +159,7 @@ def export_onnx(
     graph = InferenceGraph(method).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     _trace(graph, path)
-    _write_metadata(path, export_metadata(method, transform, thresholds))
+    _write_metadata(path, export_metadata(method, transform, calibration, slice_axis))
     diffs = check_export(graph, path, batch=3) if check else {}
     return ExportResult(path=path, max_abs_diff=diffs, check_batch=3 if check else 0)
 

@@ -29,10 +29,6 @@ from medzsad.engine.randomness import sample_noise
 from medzsad.methods.base import ZsadMethod
 
 
-class ExportError(ValueError):
-    """A method cannot be exported or an exported file cannot be used here (one clear line)."""
-
-
 @contextlib.contextmanager
 def frozen_text(graph: InferenceGraph) -> Iterator[None]:
     """Inside the block, the graph's ``method.cached_text`` returns the features computed before it,
@@ -45,6 +41,8 @@ def frozen_text(graph: InferenceGraph) -> Iterator[None]:
     dummy = torch.zeros(1, 3, method.image_size, method.image_size, device=_device(method))
     with torch.no_grad():
         graph(dummy)
+    while isinstance(getattr(method, "method", None), ZsadMethod):  # a few-shot wrapper: its method's text
+        method = method.method
     cache = method._text_cache
     value = cache[1] if cache is not None else None
     method.cached_text = lambda compute, *key: value if value is not None else compute()  # type: ignore[method-assign]
@@ -75,15 +73,27 @@ def _predict(method: ZsadMethod, images: torch.Tensor, noise: torch.Tensor | Non
 def exportable_copy(method: ZsadMethod) -> ZsadMethod:
     """``method`` with settings that change memory use but not results made trace-friendly.
 
-    WinCLIP encodes its windows in chunks of ``window_batch_size``; a traced chunk count would freeze
-    the batch size, so the copy encodes all windows of a scale in one call. The backbone is shared
-    (``copy.copy`` of the module keeps the same parameters)."""
+    WinCLIP encodes its windows in chunks of ``window_batch_size``, and a few-shot method searches its
+    bank in blocks of ``fewshot.block_elements``; a traced chunk count would freeze the batch size, so
+    the copy does each in one call. The backbone is shared (``copy.copy`` of the module keeps the same
+    parameters)."""
+    fewshot = getattr(method, "fewshot", None)
+    if fewshot is not None:  # a few-shot wrapper: its nearest-patch search in one block, its method exportable
+        clone = copy.copy(method)
+        clone._modules = dict(method._modules)  # a shallow copy shares this dict: replace, do not mutate
+        clone.fewshot = dataclasses.replace(fewshot, block_elements=ONE_BLOCK)
+        clone.method = exportable_copy(method.method)
+        return clone
     config = method.config
     if hasattr(config, "window_batch_size"):
         clone = copy.copy(method)
-        clone.config = dataclasses.replace(config, window_batch_size=2**62)
+        clone.config = dataclasses.replace(config, window_batch_size=ONE_BLOCK)
         return clone
     return method
+
+
+#: A chunk size no batch reaches (2**62): "everything in one call".
+ONE_BLOCK = 2**62
 
 
 class InferenceGraph(nn.Module):

@@ -50,12 +50,22 @@ class CalibrationError(ConfigError):
 
 def model_digest(method: ZsadMethod) -> str:
     """SHA-256 of what decides the scores: method name and resolved config, backbone identity and every
-    prompt tensor (name, dtype, shape, bytes). Equal for the same checkpoint loaded twice, whatever its
-    file format; different after any training step or test-time option change (``sigma``...)."""
+    prompt tensor (name, dtype, shape, bytes), and for a few-shot method its fusion settings and every
+    bank tensor (a zero-shot calibration means nothing for fused scores, nor one made with other
+    references). Equal for the same checkpoint loaded twice, whatever its file format; different after
+    any training step or test-time option change (``sigma``...)."""
     digest = hashlib.sha256()
     header = {"method": method.name, "config": method.config.to_dict(), "backbone": method.backbone.identity()}
+    fewshot = getattr(method, "fewshot", None)
+    if fewshot is not None:
+        settings = dataclasses.asdict(fewshot)
+        header["fewshot"] = {k: v for k, v in settings.items() if k not in ("bank_dir", "block_elements")}
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(method.prompt.state_dict().items()):
+    tensors = sorted(method.prompt.state_dict().items())
+    bank = getattr(method, "bank", None)
+    if bank is not None:
+        tensors += [(f"bank.{layer}", rows) for layer, rows in sorted(bank.features.items())]
+    for name, tensor in tensors:
         value = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
@@ -205,13 +215,20 @@ def check_calibration(
 ) -> None:
     """Refuse a calibration made for another method or another model (checkpoint, backbone, options), or,
     given this run's :func:`preprocessing` ``settings``, with other data settings."""
-    if calibration.method != method.name:
-        raise CalibrationError(f"calibration: {source} was made for method {calibration.method}, not {method.name}")
-    digest = model_digest(method)
+    check_made_for(calibration, method.name, model_digest(method), source, settings)
+
+
+def check_made_for(
+    calibration: Calibration, method: str, digest: str, source: str | Path, settings: Mapping[str, Any] | None = None
+) -> None:
+    """:func:`check_calibration` against a method name and a :func:`model_digest` (an exported file records
+    both instead of holding the model)."""
+    if calibration.method != method:
+        raise CalibrationError(f"calibration: {source} was made for method {calibration.method}, not {method}")
     if calibration.model_digest != digest:
         raise CalibrationError(
             f"calibration: {source} was made for another checkpoint (model digest {calibration.model_digest[:12]}, "
-            f"this model {digest[:12]}); recalibrate with `medzsad calibrate`"
+            f"this model {digest[:12] or 'unknown'}); recalibrate with `medzsad calibrate`"
         )
     for key, value in (settings or {}).items():
         made = calibration.preprocessing.get(key, value)

@@ -25,7 +25,7 @@ from medzsad.data.transforms import ClipImageTransform, Intensity
 from medzsad.engine import calibrate as decisions
 from medzsad.engine import distributed
 from medzsad.engine.checkpoints import CheckpointError, checkpoint_paths, read_checkpoint_info
-from medzsad.engine.config import ConfigError, RunConfig, method_config_for
+from medzsad.engine.config import ConfigError, DataConfig, RunConfig, method_config_for
 from medzsad.engine.evaluate import DatasetEvaluation, evaluate, write_scores, write_tables
 from medzsad.engine.outputs import mlflow_run_line
 from medzsad.engine.predict import PredictSummary, predict_paths
@@ -50,6 +50,19 @@ def make_transform(config: RunConfig, image_size: int) -> ClipImageTransform:
     except ValueError as exc:
         raise ConfigError(f"data.ct_window: {exc}") from None
     return ClipImageTransform(image_size, pad_to_square=data.pad_to_square, intensity=intensity)
+
+
+def data_section(transform: ClipImageTransform, slice_axis: str | int = "native", split: str = "test") -> DataConfig:
+    """The data section whose :func:`make_transform` is ``transform`` (for callers that hold a transform,
+    as the deployment ``Detector``): references and calibration checks then see the same settings."""
+    window = transform.intensity.window
+    return DataConfig(
+        split=split,
+        pad_to_square=bool(transform.pad_to_square),
+        ct_window=[float(v) for v in window] if isinstance(window, tuple | list) else window,
+        mri_percentiles=[float(v) for v in transform.intensity.percentiles],
+        slice_axis=slice_axis,
+    )
 
 
 def folder_options(config: RunConfig) -> dict[str, Any]:
@@ -133,13 +146,7 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
     process scores its block of the inputs and rank 0 writes the merged CSVs."""
     check_device(config.device)
     if config.predict.engine == "onnx":
-        from medzsad.deploy.serve import predict_onnx
-
-        if not config.checkpoint or not str(config.checkpoint).endswith(".onnx"):
-            raise ConfigError(
-                "checkpoint: predict.engine=onnx runs a file of `medzsad export`; give checkpoint=model.onnx"
-            )
-        return predict_onnx(config.checkpoint, inputs, output_dir, config.eval.batch_size)
+        return _predict_onnx(config, inputs, output_dir)
     device = distributed.setup(config.device)
     _claim(output_dir, "--output", config)
     method = build_method(config)
@@ -170,13 +177,44 @@ def run_predict(config: RunConfig, inputs: Sequence[str | Path], output_dir: Pat
 # -- export ----------------------------------------------------------------------------------------
 
 
+def _predict_onnx(config: RunConfig, inputs: Sequence[str | Path], output_dir: Path) -> PredictSummary:
+    """``predict`` on onnxruntime: the same output folder rules, skips and decisions as the PyTorch engine."""
+    from medzsad.deploy.serve import predict_onnx
+
+    if not config.checkpoint or not str(config.checkpoint).endswith(".onnx"):
+        raise ConfigError("checkpoint: predict.engine=onnx runs a file of `medzsad export`; give checkpoint=model.onnx")
+    if config.reference:
+        raise ConfigError(
+            "reference: an exported file is zero-shot or carries its bank; export with reference= "
+            "(`medzsad export ... reference=...`) and predict without it"
+        )
+    if distributed.world_size() > 1:
+        raise ConfigError("predict.engine=onnx: run it in one process (onnxruntime uses every core already)")
+    _claim(output_dir, "--output", config)
+    stop = config.eval.on_error == "stop"
+    return predict_onnx(
+        config.checkpoint,
+        inputs,
+        output_dir,
+        config.eval.batch_size,
+        calibration=config.calibration,
+        stop_on_error=stop,
+        rescaled=config.calibrate.rescaled,
+    )
+
+
 def run_export(config: RunConfig, output_dir: Path, fmt: str = "all"):
-    """ONNX file and/or MONAI bundle of ``config``'s method (see :mod:`medzsad.deploy.export`)."""
+    """ONNX file and/or MONAI bundle of ``config``'s method (see :mod:`medzsad.deploy.export`): with
+    ``reference`` the few-shot bank is folded into the graph, with ``calibration`` its thresholds go into
+    the metadata (checked against the model first, as ``predict`` checks them)."""
     from medzsad.deploy.serve import export_formats
 
     method = build_method(config)
     _require_trained(method, config)
-    return export_formats(method, make_transform(config, method.image_size), output_dir, fmt)
+    method = _few_shot(method, config, torch.device("cpu"))
+    calibration = decisions.load_for(config, method)
+    transform = make_transform(config, method.image_size)
+    return export_formats(method, transform, output_dir, fmt, calibration, config.data.slice_axis)
 
 
 def _claim(output_dir: Path, key: str, config: RunConfig) -> None:
@@ -477,6 +515,7 @@ def run_calibrate(config: RunConfig) -> decisions.Calibration:
         raise ConfigError("calibrate: run it in one process (the reference maps' statistics are not merged)")
     method = build_method(config)
     _require_trained(method, config)
+    method = _few_shot(method, config, device)  # a few-shot model is calibrated on its own fused scores
     dataset = open_dataset(config.calibrate.reference, config, method.image_size)
     reference = decisions.ReferenceConsumer()
     scoring = dataclasses.replace(config.eval, pixel_metrics=False)  # the thresholds need no pixel metrics

@@ -72,6 +72,9 @@ def nearest_similarity(
     """
     if bank.shape[0] == 0:
         raise ValueError("the memory bank is empty")
+    if queries.shape[0] * bank.shape[0] <= block_elements:  # one block: no loop (and traceable for export)
+        values, rows = (queries @ bank.t()).max(dim=1)
+        return values, rows
     rows = max(1, block_elements // max(1, queries.shape[0]))
     best = torch.full((queries.shape[0],), -float("inf"), device=queries.device, dtype=queries.dtype)
     where = torch.zeros(queries.shape[0], dtype=torch.long, device=queries.device)

@@ -128,13 +128,6 @@ def test_onnx_detector_matches_torch_detector(ac, scans):
     assert on_onnx.decision == on_torch.decision
 
 
-def test_calibration_and_reference_are_refused_until_available(ac):
-    with pytest.raises(DeployError, match="calibration"):
-        Detector.from_checkpoint(ac.checkpoint, calibration="calibration.json")
-    with pytest.raises(DeployError, match="reference"):
-        Detector.from_onnx(ac.onnx, reference="bank.safetensors")
-
-
 def _one_line_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
