@@ -4,8 +4,8 @@ For each input size the method (random prompts on a tiny random backbone, ``medz
 blocks, patch 14, so 224 and 518 px both tile) is exported once with :func:`medzsad.deploy.export_onnx`;
 then two fresh processes score the same batches, one with the PyTorch graph (``Detector``'s scoring
 function) and one with onnxruntime that imports neither torch nor onnx (the deployment install). Each
-reports images/s over timed batches after one warm-up batch and its peak resident memory (ru_maxrss,
-model and runtime included). Both use the same number of threads.
+reports images/s over timed batches after one warm-up batch and its peak resident memory (VmHWM of the
+process itself, model and runtime included: ``ru_maxrss`` would also count the parent's memory at fork). Both use the same number of threads.
 
     python scripts/bench_export.py                     # anomalyclip, batches of 4, 2 threads
     python scripts/bench_export.py --method cops --batches 3 --threads 4
@@ -44,7 +44,11 @@ for _ in range(batches):
     run(images)
 elapsed = time.perf_counter() - start
 loaded = sorted(m for m in ("torch", "onnx") if m in sys.modules)
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+try:  # this process's own high-water mark; ru_maxrss also counts the parent's memory at fork (Linux)
+    status = open("/proc/self/status").read().split("VmHWM:")[1]
+    peak_mb = int(status.split()[0]) / 1024
+except (OSError, IndexError):
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"images_per_s": batch * batches / elapsed, "peak_mb": peak_mb, "modules": loaded}))
 """
 

@@ -14,6 +14,7 @@ _NAMES = {
     "Detector": "medzsad.deploy.detector",
     "DeployError": "medzsad.deploy.errors",
     "OnnxModel": "medzsad.deploy.onnx_runtime",
+    "Thresholds": "medzsad.deploy.detector",
     "export_onnx": "medzsad.deploy.export",
     "write_bundle": "medzsad.deploy.bundle",
 }

@@ -165,14 +165,20 @@ class Detector:
         *,
         fewshot: Any = None,
         weights_path: str | None = None,
+        method: str | None = None,
+        backbone: Any = None,
         transform: ClipImageTransform | None = None,
         batch_size: int = 8,
         slice_axis: str | int = "native",
     ) -> Detector:
-        """A PyTorch (CPU, fp32) detector from a medzsad checkpoint (``.safetensors`` + ``.json``).
+        """A PyTorch (CPU, fp32) detector from a medzsad checkpoint (``.safetensors`` + ``.json``) or an
+        official release ``.pth``.
 
         The backbone is rebuilt from what the checkpoint records (open_clip tag or random tiny config);
-        a checkpoint trained on a local weight file needs that file as ``weights_path``.
+        a checkpoint trained on a local weight file needs that file as ``weights_path``. An official
+        ``.pth`` records neither method nor backbone: give ``method`` (``"anomalyclip"``...) and, unless
+        it is the official OpenAI ViT-L-14-336 (hub or ``weights_path``), ``backbone`` (a
+        :class:`~medzsad.backbone.config.BackboneConfig` or its dict).
         ``reference`` (few-shot, docs/fewshot.md): a saved memory bank ``.safetensors``, a folder of a
         site's normal images or scans, or a manifest; ``fewshot`` a :class:`FewShotConfig` or its dict.
         ``calibration``: a file of ``medzsad calibrate`` made for this checkpoint (and these references),
@@ -180,19 +186,19 @@ class Detector:
         """
         from medzsad.deploy.model import load_method
 
-        method = load_method(path, weights_path)
-        transform = transform or ClipImageTransform(method.image_size)
+        model = load_method(path, weights_path, method=method, backbone=backbone)
+        transform = transform or ClipImageTransform(model.image_size)
         if reference is not None:
-            method = _with_reference(method, reference, fewshot, transform, slice_axis)
+            model = _with_reference(model, reference, fewshot, transform, slice_axis)
         thresholds = None
         if calibration is not None:
             loaded = read_calibration(calibration)
             from medzsad.engine.jobs import data_section
 
             settings = preprocessing(data_section(transform, slice_axis))
-            check_calibration(loaded, method, calibration, settings)
+            check_calibration(loaded, model, calibration, settings)
             thresholds = Thresholds.of(loaded)
-        return cls(torch_score_fn(method), transform, thresholds, batch_size, slice_axis)
+        return cls(torch_score_fn(model), transform, thresholds, batch_size, slice_axis)
 
     @classmethod
     def from_onnx(

@@ -4,7 +4,9 @@ Maps and masks are compared at model resolution (518² by default), as the refer
 metrics come from :class:`medzsad.metrics.MetricAccumulator` (exact AUROC/AP/F1-max/AU-PRO, or with
 ``eval.pixel_bins`` the constant-memory statistic). Memory
 stays bounded on large archives: per-sample results keep only a score and a label, and review copies
-(downscaled image, map and mask) are kept for at most ``review_limit`` samples.
+(downscaled image, map and mask) are kept for the first ``review_limit`` labelled samples plus, over the
+whole dataset, the ``review_worst`` highest-scoring normals and lowest-scoring anomalies (the worst
+errors a reviewer must see, wherever they are in the dataset: :class:`ReviewKeeper`).
 
 Under ``torchrun`` each process evaluates one contiguous block of the dataset's samples (every sample
 exactly once, :func:`medzsad.engine.distributed.shard_range`) and writes the maps of its samples; the
@@ -15,6 +17,7 @@ single process computes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -37,9 +40,22 @@ from medzsad.metrics import MetricAccumulator, MetricsReport
 from medzsad.utils.files import atomic_write_bytes, atomic_write_text
 from medzsad.utils.progress import note, progress
 from medzsad.utils.tables import write_csv
+from medzsad.utils.topk import TopK
 from medzsad.viz import ReviewSample, display_images
 
-__all__ = ["DatasetEvaluation", "SampleResult", "ShardResult", "evaluate", "evaluate_shard", "merge_shards"]
+#: Worst errors kept per side (normals, anomalies) beyond the first ``review_limit`` samples: the
+#: review's worst false positives and negatives (``TrackedRun.log_review(worst_k=8)``).
+REVIEW_WORST = 8
+
+__all__ = [
+    "DatasetEvaluation",
+    "ReviewKeeper",
+    "SampleResult",
+    "ShardResult",
+    "evaluate",
+    "evaluate_shard",
+    "merge_shards",
+]
 
 
 @dataclass
@@ -59,13 +75,18 @@ class DatasetEvaluation:
         return [s for s in self.samples if s.problem]
 
 
-def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: int) -> list[ReviewSample]:
-    """Downscaled copies (``side`` pixels) of what the review shows, so thousands fit in memory."""
-    pixels = display_images(torch.nn.functional.interpolate(batch.image.float(), size=(side, side), mode="area"))
-    small_maps = torch.nn.functional.interpolate(torch.from_numpy(maps)[:, None], size=(side, side), mode="area")
-    small_masks = torch.nn.functional.interpolate(batch.mask.float()[:, None], size=(side, side), mode="area")
+def _review_samples(
+    batch: Batch, scores: np.ndarray, maps: np.ndarray, side: int, rows: list[int]
+) -> list[ReviewSample]:
+    """Downscaled copies (``side`` pixels) of what the review shows for batch ``rows``, so thousands fit
+    in memory."""
+    index = torch.as_tensor(rows, dtype=torch.long)
+    area = lambda x: torch.nn.functional.interpolate(x, size=(side, side), mode="area")  # noqa: E731
+    pixels = dict(zip(rows, display_images(area(batch.image[index].float()))))
+    small_maps = dict(zip(rows, area(torch.from_numpy(maps)[index][:, None])[:, 0].numpy()))
+    small_masks = dict(zip(rows, (area(batch.mask[index].float()[:, None])[:, 0] > 0.5).numpy()))
     samples = []
-    for i in range(len(batch)):
+    for i in rows:
         samples.append(
             ReviewSample(
                 sample_id=batch.sample_id[i],
@@ -73,8 +94,8 @@ def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: in
                 score=float(scores[i]),
                 label=int(batch.label[i]),
                 image=pixels[i],
-                anomaly_map=small_maps[i, 0].numpy(),
-                mask=(small_masks[i, 0] > 0.5).numpy() if bool(batch.has_mask[i]) else None,
+                anomaly_map=small_maps[i],
+                mask=small_masks[i] if bool(batch.has_mask[i]) else None,
                 burned_in_text=bool(batch.meta[i].get("burned_in_text", False)),
                 volume_id=batch.volume_id[i],
                 slice_index=batch.slice_index[i],
@@ -84,13 +105,64 @@ def _review_samples(batch: Batch, scores: np.ndarray, maps: np.ndarray, side: in
     return samples
 
 
+class ReviewKeeper:
+    """The review copies an evaluation keeps: the first ``limit`` labelled samples in dataset order, and
+    over every sample the ``worst`` highest-scoring normals and lowest-scoring anomalies (candidates
+    for the worst false positives and negatives at any threshold). Copies are made only for samples
+    kept, so memory is bounded by ``limit + 2 * worst`` copies."""
+
+    def __init__(self, limit: int, worst: int, side: int) -> None:
+        self.limit, self.side = limit, side
+        self.first: list[ReviewSample] = []
+        self.normals: TopK[ReviewSample] = TopK(worst if limit > 0 else 0)
+        self.anomalies: TopK[ReviewSample] = TopK(worst if limit > 0 else 0)
+
+    def update(self, batch: Batch, scores: np.ndarray, maps: np.ndarray) -> None:
+        labels = [int(label) for label in batch.label]
+        first = [i for i in range(len(batch)) if labels[i] >= 0][: max(0, self.limit - len(self.first))]
+        worst = [i for i in range(len(batch)) if labels[i] >= 0 and self._heap(labels[i], scores[i])[1]]
+        rows = sorted(set(first) | set(worst))
+        if not rows:
+            return
+        copies = dict(zip(rows, _review_samples(batch, scores, maps, self.side, rows)))
+        self.first.extend(copies[i] for i in first)
+        for i in range(len(batch)):  # every labelled row in order, so ties keep the earliest sample
+            if labels[i] >= 0:
+                heap, keep = self._heap(labels[i], scores[i])
+                if keep:
+                    heap.offer(self._priority(labels[i], scores[i]), copies[i])
+
+    def offer_extremes(self, copies: Iterable[ReviewSample]) -> None:
+        """Merge the extremes kept by another block (blocks offered in dataset order)."""
+        for copy in copies:
+            self._heap(copy.label, copy.score)[0].offer(self._priority(copy.label, copy.score), copy)
+
+    def extremes(self) -> list[ReviewSample]:
+        return self.normals.best_first() + self.anomalies.best_first()
+
+    def review(self) -> list[ReviewSample]:
+        """The first samples, then the worst errors not among them (marked ``errors_only``)."""
+        seen = {copy.sample_id for copy in self.first}
+        extra = [dataclasses.replace(c, errors_only=True) for c in self.extremes() if c.sample_id not in seen]
+        return self.first + extra
+
+    def _priority(self, label: int, score: float) -> float:
+        return float(score) if label == 0 else -float(score)
+
+    def _heap(self, label: int, score: float) -> tuple[TopK[ReviewSample], bool]:
+        heap = self.normals if label == 0 else self.anomalies
+        return heap, heap.would_keep(self._priority(label, score))
+
+
 @dataclass
 class ShardResult:
-    """What one process's block of a dataset gives: the accumulator state, scores, review copies."""
+    """What one process's block of a dataset gives: the accumulator state, scores, review copies (the
+    block's first samples and its worst errors)."""
 
     accumulator_state: dict[str, np.ndarray]
     samples: list[SampleResult]
     review: list[ReviewSample]
+    extremes: list[ReviewSample] = field(default_factory=list)
 
 
 def evaluate(
@@ -103,6 +175,7 @@ def evaluate(
     review_side: int = 256,
     maps_dir: Path | None = None,
     consumer: Callable[[Batch, np.ndarray, np.ndarray], None] | None = None,
+    review_worst: int = REVIEW_WORST,
 ) -> DatasetEvaluation:
     """Evaluate ``method`` on one dataset of :class:`~medzsad.data.records.Sample`.
 
@@ -113,7 +186,9 @@ def evaluate(
         device: where to run the model.
         name: dataset name used in tables and file names.
         review_limit: how many samples (downscaled to ``review_side`` px) are kept for the review
-            overlays; 0 keeps none.
+            overlays, the first in dataset order; 0 keeps none.
+        review_worst: with ``review_limit``, also keep the worst errors of the whole dataset: this many
+            highest-scoring normals and lowest-scoring anomalies (:class:`ReviewKeeper`).
         review_side: side of the kept review images in pixels.
         maps_dir: when given, every map is written there as ``<sample_id>.npz`` (float32).
         consumer: called with ``(batch, scores, maps)`` for every batch (volume and calibration statistics,
@@ -125,20 +200,30 @@ def evaluate(
         accumulator, the other processes those of their own block.
     """
     processes = distributed.world_size()
+    keeper = ReviewKeeper(review_limit, review_worst, review_side)
     if processes == 1:
-        state = _evaluate_indices(
-            method, dataset, range(len(dataset)), config, device, name, review_limit, review_side, maps_dir, consumer
-        )
-        accumulator, samples, review = state
-        return DatasetEvaluation(name, accumulator.compute(), samples, review, accumulator)
+        every = range(len(dataset))
+        state = _evaluate_indices(method, dataset, every, config, device, name, keeper, maps_dir, consumer)
+        accumulator, samples = state
+        return DatasetEvaluation(name, accumulator.compute(), samples, keeper.review(), accumulator)
     local = evaluate_shard(
-        method, dataset, config, device, distributed.rank(), processes, name, review_limit, review_side, maps_dir
+        method,
+        dataset,
+        config,
+        device,
+        distributed.rank(),
+        processes,
+        name,
+        review_limit,
+        review_side,
+        maps_dir,
+        review_worst,
     )
     # Only the first `review_limit` review copies in dataset order are needed: send no more.
     before = sum(distributed.all_gather_objects(len(local.review))[: distributed.rank()])
     local.review = local.review[: max(0, review_limit - before)]
     shards = distributed.gather_objects(local)
-    merged = merge_shards(shards, name, review_limit) if shards is not None else None
+    merged = merge_shards(shards, name, review_limit, review_worst) if shards is not None else None
     report = distributed.broadcast_object(merged.report if merged is not None else None)
     if merged is not None:
         return merged
@@ -156,6 +241,7 @@ def evaluate_shard(
     review_limit: int = 0,
     review_side: int = 256,
     maps_dir: Path | None = None,
+    review_worst: int = REVIEW_WORST,
 ) -> ShardResult:
     """Evaluate block ``shard`` of ``shards`` (:func:`~medzsad.engine.distributed.shard_range`) of the
     dataset; :func:`merge_shards` of all blocks equals :func:`evaluate` in one process.
@@ -165,20 +251,26 @@ def evaluate_shard(
     and a block does no work for the samples before it.
     """
     indices = distributed.shard_range(len(dataset), shard, shards)
-    state = _evaluate_indices(method, dataset, indices, config, device, name, review_limit, review_side, maps_dir)
-    accumulator, samples, review = state
-    return ShardResult(accumulator.state_dict(), samples, review)
+    keeper = ReviewKeeper(review_limit, review_worst, review_side)
+    accumulator, samples = _evaluate_indices(method, dataset, indices, config, device, name, keeper, maps_dir)
+    return ShardResult(accumulator.state_dict(), samples, keeper.first, keeper.extremes())
 
 
-def merge_shards(shards: list[ShardResult], name: str, review_limit: int = 0) -> DatasetEvaluation:
+def merge_shards(
+    shards: list[ShardResult], name: str, review_limit: int = 0, review_worst: int = REVIEW_WORST
+) -> DatasetEvaluation:
     """The evaluation of the whole dataset from its blocks, given in block order: exact accumulator
-    merge (:meth:`MetricAccumulator.merge`), samples and review copies in dataset order."""
+    merge (:meth:`MetricAccumulator.merge`), samples and review copies in dataset order, and the worst
+    errors of all blocks (the same as one pass keeps)."""
     accumulator = MetricAccumulator.from_state_dict(shards[0].accumulator_state)
     for shard in shards[1:]:
         accumulator.merge(MetricAccumulator.from_state_dict(shard.accumulator_state))
     samples = [sample for shard in shards for sample in shard.samples]
-    review = [copy for shard in shards for copy in shard.review][:review_limit]
-    return DatasetEvaluation(name, accumulator.compute(), samples, review, accumulator)
+    keeper = ReviewKeeper(review_limit, review_worst, 0)
+    keeper.first = [copy for shard in shards for copy in shard.review][:review_limit]
+    for shard in shards:  # block order; each block's extremes best first, ties in dataset order
+        keeper.offer_extremes(shard.extremes)
+    return DatasetEvaluation(name, accumulator.compute(), samples, keeper.review(), accumulator)
 
 
 def _evaluate_indices(
@@ -188,11 +280,10 @@ def _evaluate_indices(
     config: EvalConfig,
     device: torch.device,
     name: str,
-    review_limit: int,
-    review_side: int,
+    keeper: ReviewKeeper,
     maps_dir: Path | None,
     consumer: Callable[[Batch, np.ndarray, np.ndarray], None] | None = None,
-) -> tuple[MetricAccumulator, list[SampleResult], list[ReviewSample]]:
+) -> tuple[MetricAccumulator, list[SampleResult]]:
     method.to(device).eval()
     method.backbone.set_precision(config.precision)
     dataset = SkippingDataset(dataset)
@@ -212,7 +303,6 @@ def _evaluate_indices(
         include_cflow200=config.aupro_compat,
         pixel_bins=config.pixel_bins,
     )
-    review: list[ReviewSample] = []
     samples: list[SampleResult] = []
     batches = progress(loader, f"test {name}", enabled=distributed.is_main())
     skip = lambda item: samples.append(_skipped_result(item, name))  # noqa: E731
@@ -222,13 +312,11 @@ def _evaluate_indices(
         _update_metrics(accumulator, batch, scores, maps, config.pixel_metrics)
         if consumer is not None:
             consumer(batch, scores, maps)
-        labelled = [i for i in range(len(batch)) if int(batch.label[i]) >= 0]
-        if len(review) < review_limit and labelled:
-            review.extend(_review_samples(batch, scores, maps, review_side)[: review_limit - len(review)])
+        keeper.update(batch, scores, maps)
         samples.extend(batch.results())
         if maps_dir is not None:
             _write_maps(maps_dir, batch.sample_id, maps)
-    return accumulator, samples, review
+    return accumulator, samples
 
 
 def _skipped_result(skip: Skipped, dataset_name: str) -> SampleResult:

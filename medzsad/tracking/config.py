@@ -62,7 +62,8 @@ class TrackingConfig:
         enabled: the engine's jobs log runs at all (``tracking.enabled=false`` turns MLflow off).
         review_panel_size: examples per dataset in the stepped image-card panel.
         review_limit: most samples per dataset whose downscaled copies the evaluation keeps for
-            review (the review page embeds at most ``page_limit`` of them, worst errors first).
+            review, the first in dataset order; the worst errors of the whole dataset are kept besides
+            (the review page embeds at most ``page_limit`` of them, worst errors first).
         page_limit: most slices embedded in one review page (bounds its size: up to ~85 kB each).
 
     It is the ``tracking`` section of :class:`~medzsad.engine.config.RunConfig`, so every field

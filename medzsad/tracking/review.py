@@ -7,12 +7,11 @@ large dataset is fine as long as the map scale is known in advance.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import itertools
 import re
 from dataclasses import dataclass, field
 
 from medzsad.tracking.phi import phi_guard
+from medzsad.utils.topk import TopK
 from medzsad.viz.sample import ReviewSample
 
 __all__ = ["ReviewSelector", "ReviewSummary", "checked_id"]
@@ -50,27 +49,6 @@ def _stable_rank(sample_id: str) -> int:
     return int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big")
 
 
-class _TopK:
-    """The k items of highest priority seen so far (a min-heap; ties broken by arrival)."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self._heap: list[tuple[float, int, ReviewSample]] = []
-        self._counter = itertools.count()
-
-    def offer(self, priority: float, sample: ReviewSample) -> None:
-        if self.k <= 0:
-            return
-        item = (priority, -next(self._counter), sample)
-        if len(self._heap) < self.k:
-            heapq.heappush(self._heap, item)
-        elif item[:2] > self._heap[0][:2]:
-            heapq.heapreplace(self._heap, item)
-
-    def best_first(self) -> list[ReviewSample]:
-        return [s for _, _, s in sorted(self._heap, key=lambda t: t[:2], reverse=True)]
-
-
 class ReviewSelector:
     """Streams samples and keeps the fixed panel and the worst false positives / negatives.
 
@@ -82,9 +60,9 @@ class ReviewSelector:
     def __init__(self, panel_size: int, worst_k: int, image_threshold: float) -> None:
         self.panel_size = panel_size
         self.image_threshold = image_threshold
-        self._panel = {0: _TopK(panel_size), 1: _TopK(panel_size)}
-        self._fp = _TopK(worst_k)
-        self._fn = _TopK(worst_k)
+        self._panel = {0: TopK(panel_size), 1: TopK(panel_size)}
+        self._fp = TopK(worst_k)
+        self._fn = TopK(worst_k)
 
     def decision(self, score: float) -> int:
         """1 (anomalous) when the image score reaches the threshold."""
@@ -92,7 +70,8 @@ class ReviewSelector:
 
     def offer(self, sample: ReviewSample) -> None:
         label = int(sample.label)
-        self._panel[label].offer(-_stable_rank(sample.sample_id), sample)
+        if not sample.errors_only:  # the panel stays the same samples whatever the model gets wrong
+            self._panel[label].offer(-_stable_rank(sample.sample_id), sample)
         decided = self.decision(sample.score)
         if label == 0 and decided == 1:
             self._fp.offer(sample.score, sample)

@@ -28,6 +28,9 @@ class ReviewSample:
         intensity: how scan values became the display pixels (``Sample.meta["intensity"]``, e.g.
             ``"window 40/80"`` for CT in HU, ``"percentile 0.5-99.5"`` for MR); the review page
             re-windows CT within that range and shows it.
+        errors_only: kept beyond the first ``review_limit`` samples because it is among the worst
+            errors of the whole dataset (highest-scoring normal, lowest-scoring anomaly): shown on the
+            page and in the worst-error lists, never in the fixed panel.
     """
 
     sample_id: str
@@ -41,3 +44,4 @@ class ReviewSample:
     volume_id: str | None = None
     slice_index: int | None = None
     intensity: str | None = None
+    errors_only: bool = False

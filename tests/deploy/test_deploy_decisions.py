@@ -14,6 +14,7 @@ from deploy_helpers import TINY
 from PIL import Image
 
 from medzsad.cli.main import main
+from medzsad.data.transforms import ClipImageTransform
 from medzsad.deploy import DeployError, Detector
 from medzsad.deploy.export import calibration_from_metadata, export_metadata
 from medzsad.deploy.onnx_runtime import ExportMetadata, OnnxModel
@@ -109,7 +110,6 @@ def test_volume_without_a_volume_threshold_gets_no_decision(ac, calibration):
 
 
 def test_exported_metadata_carries_the_calibration(ac, calibration, tiny_backbone):
-    from medzsad.data.transforms import ClipImageTransform
     from medzsad.deploy.model import load_method
 
     method = load_method(ac.checkpoint)
@@ -127,10 +127,9 @@ def test_calibration_for_another_model_is_refused(ac, calibration, tiny_backbone
     with pytest.raises(CalibrationError, match="another checkpoint") as info:
         Detector.from_checkpoint(tmp_path / "other.safetensors", calibration=calibration)
     assert "\n" not in str(info.value) and "recalibrate" in str(info.value)
+    padded = ClipImageTransform(224, pad_to_square=True)
     with pytest.raises(CalibrationError, match=r"data\.pad_to_square"):
-        from medzsad.data.transforms import ClipImageTransform
-
-        Detector.from_checkpoint(ac.checkpoint, calibration=calibration, transform=ClipImageTransform(224, pad_to_square=True))
+        Detector.from_checkpoint(ac.checkpoint, calibration=calibration, transform=padded)
 
 
 def test_fewshot_detector_matches_predict_with_references(ac, data, calibration, tmp_path):

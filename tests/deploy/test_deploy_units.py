@@ -64,3 +64,24 @@ def test_predict_engine_key_is_validated():
     assert load_config(overrides=["predict.engine=onnx"]).predict.engine == "onnx"
     with pytest.raises(ConfigError, match="predict: engine: expected torch or onnx, got 'tensorrt'"):
         load_config(overrides=["predict.engine=tensorrt"])
+
+
+def test_detector_runs_an_official_checkpoint_as_the_official_code(parity_dir, tmp_path):
+    """An official release ``.pth`` (``{"prompt_learner": ...}``) on its backbone file scores the parity
+    fixtures as the official code did (the parity suite's tolerance on maps and scores)."""
+    import numpy as np
+    import torch
+
+    from medzsad.deploy import Detector
+
+    torch.save({"prompt_learner": torch.load(parity_dir / "anomalyclip" / "prompt_init.pt")}, tmp_path / "e15.pth")
+    weights = str(parity_dir / "clip_tiny_openai_layout.pt")
+    with pytest.raises(DeployError, match="does not record its method"):
+        Detector.from_checkpoint(tmp_path / "e15.pth", weights_path=weights)
+    detector = Detector.from_checkpoint(tmp_path / "e15.pth", method="anomalyclip", weights_path=weights)
+    images = torch.from_numpy(np.load(parity_dir / "inputs" / "inputs.npz")["images_preprocessed"])
+    scores, maps = detector.score_images(images)
+    expected_maps = np.load(parity_dir / "anomalyclip" / "maps518.npz")["infer/anomaly_map"]
+    expected_scores = np.load(parity_dir / "anomalyclip" / "outputs.npz")["infer/image_score"]
+    np.testing.assert_allclose(maps, expected_maps.reshape(maps.shape), atol=1e-5)
+    np.testing.assert_allclose(scores, expected_scores.reshape(scores.shape), atol=1e-5)

@@ -139,12 +139,22 @@ def test_sharded_evaluation_merges_to_the_single_process_result(odd_dataset, met
     torch.manual_seed(0)
     model = build_method(config)
     dataset = open_dataset(odd_dataset, config, 224)
-    single = evaluate(model, dataset, config.eval, torch.device("cpu"), "odd", review_limit=4)
-    shards = [evaluate_shard(model, dataset, config.eval, torch.device("cpu"), r, 3, "odd", 4) for r in range(3)]
-    merged = merge_shards(shards, "odd", review_limit=4)
+    cpu = torch.device("cpu")
+    single = evaluate(model, dataset, config.eval, cpu, "odd", review_limit=2, review_worst=2)
+    shards = [evaluate_shard(model, dataset, config.eval, cpu, r, 3, "odd", 2, review_worst=2) for r in range(3)]
+    merged = merge_shards(shards, "odd", review_limit=2, review_worst=2)
     assert merged.report.to_dict() == single.report.to_dict()
     assert [(s.sample_id, s.score) for s in merged.samples] == [(s.sample_id, s.score) for s in single.samples]
-    assert [r.sample_id for r in merged.review] == [r.sample_id for r in single.review]
+    kept = lambda result: [(r.sample_id, r.errors_only) for r in result.review]  # noqa: E731
+    assert kept(merged) == kept(single)
+
+    # The review holds the first two samples and the worst errors of the whole dataset, wherever they are.
+    first = [s.sample_id for s in single.samples[:2]]
+    normals = sorted((s for s in single.samples if s.label == 0), key=lambda s: -s.score)
+    anomalies = sorted((s for s in single.samples if s.label == 1), key=lambda s: s.score)
+    worst = {s.sample_id for s in normals[:2] + anomalies[:2]}
+    assert [r.sample_id for r in single.review if not r.errors_only] == first
+    assert {r.sample_id for r in single.review if r.errors_only} == worst - set(first)
 
 
 # -- real processes ----------------------------------------------------------------------------------

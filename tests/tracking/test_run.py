@@ -297,3 +297,21 @@ def test_metric_variant_names_become_mlflow_keys():
 
     assert mlflow_metric_key("pixel_aupro@0.3[mvtec-exact]") == "pixel_aupro_0.3_mvtec-exact"
     assert mlflow_metric_key("brain/dice@0.5") == "brain/dice_0.5"
+
+
+def test_worst_error_copies_never_enter_the_fixed_panel():
+    """Samples kept only as worst errors (``errors_only``) go to the false-positive/negative lists, not
+    to the panel, so the panel is the same samples whatever the model gets wrong."""
+    import dataclasses
+
+    from medzsad.tracking.review import ReviewSelector
+
+    samples = make_samples(8)
+    extra = dataclasses.replace(samples[0], sample_id="late-normal", score=0.99, label=0, errors_only=True)
+    plain, with_extra = ReviewSelector(4, 2, 0.5), ReviewSelector(4, 2, 0.5)
+    for sample in samples:
+        plain.offer(sample)
+        with_extra.offer(sample)
+    with_extra.offer(extra)
+    assert [s.sample_id for s in with_extra.panel()] == [s.sample_id for s in plain.panel()]
+    assert with_extra.false_positives()[0].sample_id == "late-normal"
