@@ -5,7 +5,8 @@ blocks, patch 14, so 224 and 518 px both tile) is exported once with :func:`medz
 then two fresh processes score the same batches, one with the PyTorch graph (``Detector``'s scoring
 function) and one with onnxruntime that imports neither torch nor onnx (the deployment install). Each
 reports images/s over timed batches after one warm-up batch and its peak resident memory (VmHWM of the
-process itself, model and runtime included: ``ru_maxrss`` would also count the parent's memory at fork). Both use the same number of threads.
+process itself, model and runtime included: ``ru_maxrss`` would also count the parent's memory at
+fork). Both use the same number of threads.
 
     python scripts/bench_export.py                     # anomalyclip, batches of 4, 2 threads
     python scripts/bench_export.py --method cops --batches 3 --threads 4
