@@ -24,13 +24,17 @@ outputs (in -o/--output, default predictions/):
   sample_index.local.csv  pseudonymous id -> input file (stays local: it holds your paths)
   maps/, overlays/  anomaly maps and heat overlays of 2-D images
   volumes/          maps written back on the scan's grid (NIfTI), for volumes and DICOM series
+  decisions.csv, masks/  with calibration=FILE (thresholds of `medzsad calibrate`)
   only the folders that were written are named at the end.
+engines: --engine torch (default) or --engine onnx with checkpoint=model.onnx of `medzsad export`
+  (onnxruntime on the CPU; preprocessing and calibration come from the file).
 
 {CONFIG_NOTE}
 
 examples:
   medzsad predict -c configs/anomalyclip.yaml checkpoint=runs/anomalyclip/epoch_15.safetensors -i scans/
   medzsad predict -c configs/clip.yaml backbone=tiny -i scan1.nii.gz -i scan2.dcm -o out/
+  medzsad predict --engine onnx checkpoint=export/model.onnx -i scans/ -o out/
 """
 
 TEST = f"""\
@@ -182,11 +186,17 @@ An ONNX file and a MONAI bundle of a trained method, checked against PyTorch on 
 
 required:
   checkpoint=FILE   the trained method to export (for methods that learn prompts)
+optional:
+  calibration=FILE  thresholds of `medzsad calibrate` for this model, checked and stored in the file
+  reference=DIR     few-shot normal references (or a saved bank): the memory bank goes into the graph
 outputs (in -o/--output, default export/): the ONNX file (--format onnx), the MONAI bundle (--format
-  bundle), or both (--format all, the default); `medzsad predict --engine onnx checkpoint=FILE` runs it.
+  bundle), or both (--format all, the default); `medzsad predict --engine onnx checkpoint=FILE` runs it
+  (with a calibration it also writes decisions.csv and masks/).
 
 {CONFIG_NOTE}
 
-example:
+examples:
   medzsad export -c configs/anomalyclip.yaml checkpoint=runs/anomalyclip/epoch_15.safetensors -o export/
+  medzsad export -c configs/anomalyclip.yaml checkpoint=... calibration=runs/calibration.json \
+      reference=site_normals/ fewshot.k=8 --format onnx
 """

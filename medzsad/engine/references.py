@@ -191,7 +191,10 @@ def load_references(
         return References(bank, source)
     if fewshot.k == 0:
         return References(MemoryBank({}, {**expected, "k": "0", "reference_ids": ""}), None)
-    dataset = open_source()
+    try:
+        dataset = open_source()
+    except ConfigError as exc:  # name the key: the same folder may be given elsewhere in the config
+        raise ConfigError(f"reference: {exc}") from None
     units = reference_units(dataset)[: fewshot.k]
     if not units:
         raise ConfigError(f"reference: no normal references found (split {fewshot.split!r} for a manifest)")

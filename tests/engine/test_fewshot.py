@@ -137,6 +137,8 @@ def test_refusals_name_the_key(data, tmp_path):
         )
     with pytest.raises(ConfigError, match=r"no normal references"):
         evaluate_config(_config(data, tmp_path / "n", f"reference={data['refs']}", "fewshot.split=train"), quiet=True)
+    with pytest.raises(ConfigError, match=r"^reference: .*nowhere: dataset not found"):
+        evaluate_config(_config(data, tmp_path / "x", f"reference={tmp_path / 'nowhere'}"), quiet=True)
 
 
 def test_a_volume_is_one_reference_with_all_its_slices(tmp_path):
