@@ -85,3 +85,17 @@ def test_detector_runs_an_official_checkpoint_as_the_official_code(parity_dir, t
     expected_scores = np.load(parity_dir / "anomalyclip" / "outputs.npz")["infer/image_score"]
     np.testing.assert_allclose(maps, expected_maps.reshape(maps.shape), atol=1e-5)
     np.testing.assert_allclose(scores, expected_scores.reshape(scores.shape), atol=1e-5)
+
+
+def test_the_runnable_example_of_docs_deploy_prints_what_it_says(tmp_path):
+    """docs/deploy.md's end-to-end example runs as written and prints the line its last comment shows."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    example = text.split("Runnable end to end", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    expected = example.rstrip().splitlines()[-1].lstrip("# ")
+    done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == expected
