@@ -105,10 +105,10 @@ class Thresholds:
         )
 
     def origin(self, threshold: Threshold | None) -> str:
-        """``"conformal, alpha=0.05, n=200"``, ``"no volume threshold in the calibration"`` or ``"fixed
-        (uncalibrated)"``: what a reader of a decision needs beside it."""
+        """``"conformal, alpha=0.05, n=200"``, ``"no volume threshold in the calibration"`` or ``"fixed,
+        not calibrated"``: what a reader of a decision needs beside it."""
         if self.calibration is None:
-            return "fixed (uncalibrated)"
+            return "fixed, not calibrated"
         return threshold.origin() if threshold is not None else "no volume threshold in the calibration"
 
     def probability(self, score: float) -> float | None:

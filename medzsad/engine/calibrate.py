@@ -104,7 +104,10 @@ class Threshold:
     target_sensitivity: float | None = None
 
     def origin(self) -> str:
-        """``"conformal, alpha=0.05, n=200"``: what a reviewer reads beside a decision."""
+        """``"conformal, alpha=0.05, n=200"`` (``"fixed, not calibrated"`` for a default): what a reviewer
+        reads beside a decision."""
+        if self.n == 0:  # a default, not fitted on any scan: say so instead of "n=0"
+            return f"{self.rule}, not calibrated"
         parts = [self.rule]
         for name in ("alpha", "confidence", "target_sensitivity"):
             if getattr(self, name) is not None:

@@ -106,7 +106,7 @@ def test_volume_without_a_volume_threshold_gets_no_decision(ac, calibration):
     assert result.decision is None and result.origin == "no volume threshold in the calibration"
     assert result.mask is not None and result.mask.shape == volume.shape  # the pixel threshold still applies
     uncalibrated = Detector.from_checkpoint(ac.checkpoint)(volume)
-    assert uncalibrated.decision == (uncalibrated.score >= 0.5) and uncalibrated.origin == "fixed (uncalibrated)"
+    assert uncalibrated.decision == (uncalibrated.score >= 0.5) and uncalibrated.origin == "fixed, not calibrated"
 
 
 def test_exported_metadata_carries_the_calibration(ac, calibration, tiny_backbone):
