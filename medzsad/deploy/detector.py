@@ -313,8 +313,16 @@ class Detector:
             return self._volume(read_volume(path))
         frames = read_frames(path)
         if len(frames) != 1:
-            raise DeployError(f"{path}: {len(frames)} frames; score multi-frame files with `medzsad predict`")
+            raise DeployError(f"{path}: {len(frames)} frames (a cine or multi-frame image); use detector.frames(path)")
         return self._image(frames[0].array, frames[0].modality)
+
+    def frames(self, path: str | os.PathLike[str]) -> list[Detection]:
+        """One detection per frame of a multi-frame 2-D file (an ultrasound cine, a colour multi-frame
+        DICOM), each frame scored as its own image in its own pixels; a single image gives one."""
+        source = Path(path)
+        if not source.is_file():
+            raise DeployError(f"{source}: not found")
+        return [self._image(frame.array, frame.modality) for frame in read_frames(source)]
 
     def _meta_tensor(self, image: Any) -> Detection:
         array = np.asarray(image.detach().cpu().numpy())

@@ -99,3 +99,31 @@ def test_the_runnable_example_of_docs_deploy_prints_what_it_says(tmp_path):
     done = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == expected
+
+
+def test_a_multi_frame_colour_file_is_scored_frame_by_frame(tmp_path):
+    """A two-frame RGB DICOM (pydicom's test file) is not one image: ``detector(path)`` says to use
+    ``frames``, which gives one detection per frame, each the detection of that frame alone."""
+    import numpy as np
+    import torch
+    from pydicom.data import get_testdata_file
+
+    from medzsad.backbone.clip import BackboneConfig, ClipBackbone
+    from medzsad.data.readers import read_frames
+    from medzsad.deploy import Detector
+    from medzsad.engine.checkpoints import save_checkpoint
+    from medzsad.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
+
+    path = get_testdata_file("SC_rgb_2frame.dcm", download=False)
+    torch.manual_seed(0)
+    backbone = ClipBackbone.from_config(BackboneConfig(model_name="medzsad-tiny-fast", pretrained=None))
+    save_checkpoint(AnomalyCLIP(backbone, AnomalyCLIPConfig(image_size=224)), tmp_path / "ck")
+    detector = Detector.from_checkpoint(tmp_path / "ck.safetensors")
+    with pytest.raises(DeployError, match=r"2 frames .*detector\.frames"):
+        detector(path)
+    results = detector.frames(path)
+    frames = read_frames(path)
+    assert len(results) == 2 and all(r.map.shape == (100, 100) for r in results)
+    for result, frame in zip(results, frames):
+        alone = detector(frame.array)
+        assert result.score == alone.score and np.array_equal(result.map, alone.map)
