@@ -78,9 +78,9 @@ class Thresholds:
     """The decision rules a :class:`Detector` applies (one value object, from a calibration or fixed).
 
     Attributes:
-        image: image (and, uncalibrated, volume) score threshold.
+        image: image score threshold.
         pixel: map threshold for masks; ``None``: no masks.
-        volume: volume score threshold; ``None`` with a calibration: no volume decision.
+        volume: volume score threshold; ``None``: no volume decision (a calibration without one).
         volume_score: ``"max"`` or ``"topk_mean"`` of the slice scores, with ``top_k``.
         calibration: the calibration they come from (probabilities, origin), or ``None`` (fixed 0.5).
     """
@@ -301,8 +301,7 @@ class Detector:
         grid = volume.to_source_layout(reassemble(maps, volume, axis, indices))
         rules = self.thresholds
         score = reduce_slice_scores(scores, rules.volume_score, rules.top_k)
-        threshold = rules.volume if rules.calibration else rules.image
-        result = self._decide(score, grid, threshold, rules.calibration.volume if rules.calibration else None)
+        result = self._decide(score, grid, rules.volume, rules.calibration.volume if rules.calibration else None)
         result.slice_scores = np.asarray(scores, dtype=np.float32)
         return result
 

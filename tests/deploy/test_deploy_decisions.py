@@ -15,7 +15,7 @@ from PIL import Image
 
 from medzsad.cli.main import main
 from medzsad.data.transforms import ClipImageTransform
-from medzsad.deploy import DeployError, Detector
+from medzsad.deploy import DeployError, Detector, Thresholds
 from medzsad.deploy.export import calibration_from_metadata, export_metadata
 from medzsad.deploy.onnx_runtime import ExportMetadata, OnnxModel
 from medzsad.engine.calibrate import CalibrationError, read_calibration
@@ -105,8 +105,13 @@ def test_volume_without_a_volume_threshold_gets_no_decision(ac, calibration):
     result = Detector.from_checkpoint(ac.checkpoint, calibration=calibration)(volume)
     assert result.decision is None and result.origin == "no volume threshold in the calibration"
     assert result.mask is not None and result.mask.shape == volume.shape  # the pixel threshold still applies
-    uncalibrated = Detector.from_checkpoint(ac.checkpoint)(volume)
+    detector = Detector.from_checkpoint(ac.checkpoint)
+    uncalibrated = detector(volume)
     assert uncalibrated.decision == (uncalibrated.score >= 0.5) and uncalibrated.origin == "fixed, not calibrated"
+    detector.thresholds = Thresholds(image=1.0, pixel=0.9, volume=0.0)  # fixed thresholds of one's own
+    own = detector(volume)
+    assert own.decision is True and np.array_equal(own.mask, own.map >= 0.9)
+    assert detector(volume[..., 0]).decision is False  # a 2-D image: the image threshold
 
 
 def test_exported_metadata_carries_the_calibration(ac, calibration, tiny_backbone):
