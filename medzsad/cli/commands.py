@@ -59,6 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     result, bundle = run_export(_config(args), Path(args.output), args.format)
     worst = max(result.max_abs_diff.values())
     print(f"wrote {result.path} (ONNX opset {OPSET}; |ONNX - PyTorch| = {worst:.2g} on a check batch)")
+    print(f"  decisions: {result.thresholds}; few-shot bank: {result.fewshot or 'none (zero-shot)'}")
     if bundle is not None:
         print(f"wrote MONAI bundle {bundle} (python -m monai.bundle run --config_file configs/inference.json ...)")
     return 0

@@ -50,6 +50,8 @@ class ExportResult:
     path: Path
     max_abs_diff: dict[str, float]
     check_batch: int
+    thresholds: str = ""
+    fewshot: str = ""
 
 
 def describe_transform(transform: ClipImageTransform, slice_axis: str | int = "native") -> dict[str, Any]:
@@ -159,9 +161,14 @@ def export_onnx(
     graph = InferenceGraph(method).eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     _trace(graph, path)
-    _write_metadata(path, export_metadata(method, transform, calibration, slice_axis))
+    metadata = export_metadata(method, transform, calibration, slice_axis)
+    _write_metadata(path, metadata)
     diffs = check_export(graph, path, batch=3) if check else {}
-    return ExportResult(path=path, max_abs_diff=diffs, check_batch=3 if check else 0)
+    rules = metadata.thresholds
+    levels = ", ".join(f"{k} {rules[k]:.6g}" for k in ("image", "pixel", "volume") if rules.get(k) is not None)
+    fewshot = json.loads(metadata.extra.get("fewshot", "{}"))
+    bank = f"k={fewshot['k']}, layers {fewshot['layers']}, {fewshot['patches']} patches per layer" if fewshot else ""
+    return ExportResult(path, diffs, 3 if check else 0, f"{levels} ({rules['source']})", bank)
 
 
 def _trace(graph: InferenceGraph, path: Path) -> None:

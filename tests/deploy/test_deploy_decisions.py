@@ -159,7 +159,7 @@ def test_fewshot_detector_matches_predict_with_references(ac, data, calibration,
         Detector.from_onnx(ac.onnx, reference=bank)
 
 
-def test_fewshot_calibrated_export_matches_pytorch(ac, data, tmp_path):
+def test_fewshot_calibrated_export_matches_pytorch(ac, data, tmp_path, capsys):
     """``medzsad export reference=... calibration=...``: the bank is folded into the graph and the
     thresholds into the metadata; the file scores as the PyTorch few-shot detector does."""
     banks, cal = tmp_path / "banks", tmp_path / "fewshot_calibration.json"
@@ -167,7 +167,11 @@ def test_fewshot_calibrated_export_matches_pytorch(ac, data, tmp_path):
     common = [*TINY, f"checkpoint={ac.checkpoint}", *refs]
     args = ["calibrate", *common, f"calibrate.reference={data['calib']}", f"calibrate.output={cal}"]
     assert main([*args, "calibrate.target_fpr=0.2"]) == 0
+    capsys.readouterr()
     assert main(["export", "-o", str(tmp_path / "export"), "--format", "onnx", *common, f"calibration={cal}"]) == 0
+    printed = capsys.readouterr().out  # what went into the file, said at once
+    assert "decisions: image " in printed and "(calibrated (conformal, alpha=0.2, n=6))" in printed
+    assert "few-shot bank: k=2, layers 2,4,6,8" in printed
     model = OnnxModel(tmp_path / "export" / "model.onnx")
     assert calibration_from_metadata(model.metadata) == read_calibration(cal)
     assert '"k": "2"' in model.metadata.extra["fewshot"]
