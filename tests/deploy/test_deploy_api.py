@@ -177,3 +177,16 @@ def test_untraceable_method_is_refused_with_the_reason(tiny_backbone, tmp_path):
     assert "cannot be traced" in text and "anomalyclip" in text and "tensor operations" in text
     assert "at test_deploy_api.py:" in text and "data-dependent" in text  # where, and why
     assert "\n" not in text and not (tmp_path / "bad.onnx").exists()
+
+
+def test_detector_on_a_real_dicom_series_matches_predict(ac, tmp_path):
+    """A real CT series folder (pydicom's CT5N, 5 slices): both detectors give predict's map volume."""
+    from pydicom.data import get_testdata_file
+
+    series = Path(get_testdata_file("CT_small.dcm", download=False)).parent / "dicomdirtests" / "98892001" / "CT5N"
+    assert main(["predict", "-i", str(series), "-o", str(tmp_path), *TINY, f"checkpoint={ac.checkpoint}"]) == 0
+    expected = _volume_map(tmp_path)
+    for detector in (Detector.from_checkpoint(ac.checkpoint), Detector.from_onnx(ac.onnx)):
+        result = detector(series)
+        assert result.map.shape == expected.shape == (16, 16, 5) and len(result.slice_scores) == 5
+        assert np.abs(result.map - expected).max() <= TOLERANCE
