@@ -50,6 +50,7 @@ defaults: eval.batch_size=8, eval.output_dir=runs/test (configs/anomalyclip.yaml
 outputs (in eval.output_dir): metrics.csv, metrics.json, scores_<dataset>.csv, maps/ (eval.save_maps=true);
   one MLflow run per dataset; the last lines name the run ids and the `medzsad ui --store ...` command.
 progress: a bar on a terminal; one line every 30 s in logs (MEDZSAD_PROGRESS_INTERVAL=seconds).
+repeated runs over one archive: data.cache_dir=DIR keeps the built samples (patient images: keep it local).
 
 {CONFIG_NOTE}
 

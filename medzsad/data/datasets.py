@@ -9,6 +9,7 @@ the dataset root, so moving a dataset keeps its ids).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medzsad.data.cache import builder_stamp, content_key, file_stamp
 from medzsad.data.errors import DataError, first_line
 from medzsad.data.ids import clean_meta, pseudonymous_id
 from medzsad.data.manifest import Manifest, Record, read_manifest
@@ -167,6 +169,13 @@ class ManifestDataset(Dataset):
                     missing.append(rel)
         return missing
 
+    def cache_key(self, index: int) -> str:
+        """Content key of sample ``index`` for :mod:`medzsad.data.cache` (record, files, builder; no pixels)."""
+        record = self.records[index]
+        files = [file_stamp(self.manifest.resolve(rel)) for rel in (record.img_path, record.mask_path) if rel]
+        has_masks = record.cls_name in self._with_masks  # decides a normal image's all-false mask
+        return content_key("manifest", dataclasses.asdict(record), files, has_masks, builder_stamp(self.builder))
+
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
         path = self.manifest.resolve(record.img_path)
@@ -289,6 +298,7 @@ class FolderDataset(Dataset):
         self.builder = _builder(transform, image_size, pad_to_square, intensity, salt, user_transforms)
         self._ranges = _Ranges(self.builder)
         self._volumes = _VolumeCache()
+        self._stamps: dict[int, list[Any]] = {}
         self._flat: set[int] = set()
         self._failed: set[int] = set()
         self.study: Study = scan_inputs(roots, selection, min_series_files=min_series_slices, salt=salt)
@@ -333,6 +343,7 @@ class FolderDataset(Dataset):
         """Renumber entries after failed items were dropped from the study."""
         if not self._failed:
             return
+        self._stamps.clear()
         kept = [i for i in range(len(self.study.items) + len(self._failed)) if i not in self._failed]
         new = {old: n for n, old in enumerate(kept)}
         self.entries = [_Entry(new[e.item], e.index) for e in self.entries]
@@ -359,6 +370,16 @@ class FolderDataset(Dataset):
     def item_samples(self, item: Item) -> list[Sample]:
         """Every sample of one item, in order."""
         return [self._sample(entry) for entry in self._entries_of(item)]
+
+    def cache_key(self, index: int) -> str:
+        """Content key of sample ``index`` for :mod:`medzsad.data.cache` (item files, frame or slice, axis,
+        label, builder; no pixels). A series' files are stamped once per item."""
+        entry = self.entries[index]
+        if entry.item not in self._stamps:
+            item = self.study.items[entry.item]
+            self._stamps[entry.item] = [item.kind, [file_stamp(path) for path in item.files]]
+        parts = [self._stamps[entry.item], entry.index, self.axis, self.label, self.category]
+        return content_key("folder", parts, builder_stamp(self.builder))
 
     def __getitem__(self, index: int) -> Sample:
         return self._sample(self.entries[index])

@@ -45,6 +45,9 @@ class DataConfig:
         modality: DICOM modalities to score (``CT`` or ``[CT, MR]``); ``null``: all.
         transforms: MONAI dictionary transforms (bundle style, ``_target_: CropForegroundd`` and its
             arguments; key ``image``, channel-first, physical units) run before the CLIP transform.
+        cache_dir: where ``test`` and ``calibrate`` keep built samples (decoded, windowed, resized) for
+            later runs over the same scans (:mod:`medzsad.data.cache`); ``null``: no cache. It holds
+            patient images: keep it where the scans may be.
     """
 
     train: str | None = None
@@ -58,6 +61,7 @@ class DataConfig:
     series: list[int | str] | int | str | None = None
     modality: list[str] | str | None = None
     transforms: list[dict[str, Any]] = field(default_factory=list)
+    cache_dir: str | None = None
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 import medzsad
+from medzsad.data.cache import cached
 from medzsad.data.datasets import FolderDataset, ManifestDataset
 from medzsad.data.transforms import ClipImageTransform, Intensity
 from medzsad.engine import calibrate as decisions
@@ -111,8 +112,11 @@ def parse_dataset_spec(text: str, position: int = 1) -> DatasetSpec:
     return DatasetSpec(_SAFE_NAME.sub("_", name).strip("_") or neutral, Path(path))
 
 
-def open_dataset(spec: str | Path, config: RunConfig, image_size: int, root: str | None = None) -> Dataset:
-    """Samples from a ``meta.json`` manifest (or a folder holding one), else every image/scan of a folder.
+def open_dataset(
+    spec: str | Path, config: RunConfig, image_size: int, root: str | None = None, cache: bool = False
+) -> Dataset:
+    """Samples from a ``meta.json`` manifest (or a folder holding one), else every image/scan of a folder;
+    with ``cache``, kept in ``data.cache_dir`` when it is set (:mod:`medzsad.data.cache`).
 
     A folder without a manifest gives unlabelled samples (prediction, or metrics that need no labels);
     build a manifest with ``medzsad prepare`` to evaluate with labels and masks.
@@ -124,9 +128,14 @@ def open_dataset(spec: str | Path, config: RunConfig, image_size: int, root: str
     transform = make_transform(config, image_size)
     options = folder_options(config)
     if manifest.is_file() and manifest.suffix == ".json":
-        users = options["user_transforms"]
-        return ManifestDataset(manifest, split=config.data.split, root=root, transform=transform, user_transforms=users)
-    return FolderDataset(location, transform=transform, **options)
+        users, split = options["user_transforms"], config.data.split
+        dataset = ManifestDataset(manifest, split=split, root=root, transform=transform, user_transforms=users)
+    else:
+        dataset = FolderDataset(location, transform=transform, **options)
+    try:
+        return cached(dataset, config.data.cache_dir if cache else None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _few_shot(method: ZsadMethod, config: RunConfig, device: torch.device) -> ZsadMethod:
@@ -343,7 +352,7 @@ def evaluate_config(
     calibration = decisions.load_for(config, method)
     eval_config = decisions.with_pixel_threshold(config.eval, calibration)
     for position, (text, spec) in enumerate(zip(config.data.test, specs), start=1):
-        dataset = open_dataset(text, config, method.image_size)
+        dataset = open_dataset(text, config, method.image_size, cache=True)
         forbidden = _identifiers(config, dataset)
         check_names([(f"data.test[{position - 1}]", spec.name)], forbidden)
         maps_dir = output_dir / "maps" / spec.name if config.eval.save_maps else None
@@ -516,7 +525,7 @@ def run_calibrate(config: RunConfig) -> decisions.Calibration:
     method = build_method(config)
     _require_trained(method, config)
     method = _few_shot(method, config, device)  # a few-shot model is calibrated on its own fused scores
-    dataset = open_dataset(config.calibrate.reference, config, method.image_size)
+    dataset = open_dataset(config.calibrate.reference, config, method.image_size, cache=True)
     reference = decisions.ReferenceConsumer()
     scoring = dataclasses.replace(config.eval, pixel_metrics=False)  # the thresholds need no pixel metrics
     result = evaluate(method, dataset, scoring, device, "reference", consumer=reference)
