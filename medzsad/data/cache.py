@@ -122,8 +122,8 @@ class CachedSamples(Dataset):
     """``dataset`` with its samples cached in ``cache_dir`` (see the module docstring).
 
     Args:
-        dataset: a dataset with ``cache_key(index) -> str`` (content key of a sample, reading no pixels)
-            and ``builder`` (its :class:`~medzsad.data.samples.SampleBuilder`).
+        dataset: a dataset with ``cache_parts(index)`` (what a sample is built from, JSON-ready, reading
+            no pixels) and ``builder`` (its :class:`~medzsad.data.samples.SampleBuilder`).
         cache_dir: the folder (created if missing).
 
     Every other attribute is the wrapped dataset's, so code that asks a dataset about its records,
@@ -136,7 +136,8 @@ class CachedSamples(Dataset):
         check_cacheable(dataset.builder.user_transforms)
         self.dataset = dataset
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        items = [{"index": i, "key": dataset.cache_key(i)} for i in range(len(dataset))]
+        builder = builder_stamp(dataset.builder)  # once: the same for every sample (reads the id key)
+        items = [{"index": i, "key": content_key(builder, dataset.cache_parts(i))} for i in range(len(dataset))]
         self.persistent = PersistentDataset(items, _Build(dataset.__getitem__), cache_dir, hash_func=_entry_name)
 
     def __len__(self) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medzsad.data.cache import builder_stamp, content_key, file_stamp
+from medzsad.data.cache import file_stamp
 from medzsad.data.errors import DataError, first_line
 from medzsad.data.ids import clean_meta, pseudonymous_id
 from medzsad.data.manifest import Manifest, Record, read_manifest
@@ -169,12 +169,12 @@ class ManifestDataset(Dataset):
                     missing.append(rel)
         return missing
 
-    def cache_key(self, index: int) -> str:
-        """Content key of sample ``index`` for :mod:`medzsad.data.cache` (record, files, builder; no pixels)."""
+    def cache_parts(self, index: int) -> list[Any]:
+        """What sample ``index`` is built from, for :mod:`medzsad.data.cache` (record, files; no pixels)."""
         record = self.records[index]
         files = [file_stamp(self.manifest.resolve(rel)) for rel in (record.img_path, record.mask_path) if rel]
         has_masks = record.cls_name in self._with_masks  # decides a normal image's all-false mask
-        return content_key("manifest", dataclasses.asdict(record), files, has_masks, builder_stamp(self.builder))
+        return ["manifest", dataclasses.asdict(record), files, has_masks]
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
@@ -371,15 +371,14 @@ class FolderDataset(Dataset):
         """Every sample of one item, in order."""
         return [self._sample(entry) for entry in self._entries_of(item)]
 
-    def cache_key(self, index: int) -> str:
-        """Content key of sample ``index`` for :mod:`medzsad.data.cache` (item files, frame or slice, axis,
-        label, builder; no pixels). A series' files are stamped once per item."""
+    def cache_parts(self, index: int) -> list[Any]:
+        """What sample ``index`` is built from, for :mod:`medzsad.data.cache` (item files, frame or slice,
+        axis, label; no pixels). A series' files are stamped once per item."""
         entry = self.entries[index]
         if entry.item not in self._stamps:
             item = self.study.items[entry.item]
             self._stamps[entry.item] = [item.kind, [file_stamp(path) for path in item.files]]
-        parts = [self._stamps[entry.item], entry.index, self.axis, self.label, self.category]
-        return content_key("folder", parts, builder_stamp(self.builder))
+        return ["folder", self._stamps[entry.item], entry.index, self.axis, self.label, self.category]
 
     def __getitem__(self, index: int) -> Sample:
         return self._sample(self.entries[index])

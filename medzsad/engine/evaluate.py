@@ -126,11 +126,10 @@ class ReviewKeeper:
             return
         copies = dict(zip(rows, _review_samples(batch, scores, maps, self.side, rows)))
         self.first.extend(copies[i] for i in first)
-        for i in range(len(batch)):  # every labelled row in order, so ties keep the earliest sample
-            if labels[i] >= 0:
-                heap, keep = self._heap(labels[i], scores[i])
-                if keep:
-                    heap.offer(self._priority(labels[i], scores[i]), copies[i])
+        for i in worst:  # in batch order, so ties keep the earliest; a row not kept above never is now
+            heap, keep = self._heap(labels[i], scores[i])
+            if keep:
+                heap.offer(self._priority(labels[i], scores[i]), copies[i])
 
     def offer_extremes(self, copies: Iterable[ReviewSample]) -> None:
         """Merge the extremes kept by another block (blocks offered in dataset order)."""
